@@ -1,0 +1,146 @@
+"""The ``relaybox`` command: serve, init, and the commands feature areas add.
+
+Exit codes (CONTRACT.md): 0 success, 2 bad usage or bad config (with a message naming the
+setting). Feature areas add subcommands through ``CLI_MODULES``: each module has
+``add_commands(subparsers, common)`` where ``common`` is a parent parser with
+``--config`` and ``--data-dir``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import signal
+import sys
+from typing import Any
+
+from relaybox import __version__
+from relaybox.config import Config, ConfigError, load_config
+
+CLI_MODULES: list[str] = []
+
+
+def config_from_args(args: argparse.Namespace, **extra: Any) -> Config:
+    return load_config(getattr(args, "config", None), data_dir=getattr(args, "data_dir", None), **extra)
+
+
+def setup_logging(config: Config) -> None:
+    if config.log_json:
+        from relaybox.logs import JsonFormatter
+
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+        logging.basicConfig(level=config.log_level, handlers=[handler], force=True)
+    else:
+        logging.basicConfig(level=config.log_level, force=True,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("huey").setLevel(max(logging.WARNING, logging.getLevelName(config.log_level)))
+
+
+def ensure_owner(config: Config, *, as_json: bool = False, quiet_if_exists: bool = True) -> dict[str, str] | None:
+    """Create the owner account (API enabled) if there is none; return its key once."""
+    from relaybox.accounts import create_account, owner_account
+    from relaybox.db import create_tables, open_database
+    from relaybox.security import load_or_create_secret, set_instance_secret
+    import relaybox.models  # noqa: F401 - declare the core tables
+
+    import os
+
+    os.makedirs(config.data_dir, exist_ok=True)
+    set_instance_secret(load_or_create_secret(config.data_dir, config.secret))
+    open_database(config.database_url)
+    create_tables()
+    if owner_account() is not None:
+        return None
+    acc, key = create_account("Owner", api_enabled=True, owner=True)
+    return {"account_id": acc.id, "api_key": key}
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    created = ensure_owner(config)
+    if created is None:
+        if not args.json:
+            print(f"relaybox is already initialised in {config.data_dir}; no key printed.")
+        return 0
+    if args.json:
+        print(json.dumps(created))
+    else:
+        _print_key(config, created)
+    return 0
+
+
+def _print_key(config: Config, created: dict[str, str]) -> None:
+    print(f"Created the owner account {created['account_id']} in {config.data_dir}")
+    print(f"API key (shown once, save it now): {created['api_key']}")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = config_from_args(args, host=args.host, port=args.port)
+    setup_logging(config)
+    created = ensure_owner(config)
+    if created is not None:
+        _print_key(config, created)
+    from waitress import create_server
+
+    from relaybox.app import create_app
+
+    app = create_app(config)
+    runtime = app.extensions["relaybox"]
+    server = create_server(app, host=config.host, port=config.port, threads=config.threads,
+                           channel_timeout=300, connection_limit=1000, ident="relaybox")
+    runtime.base_url = f"http://{config.host}:{server.effective_port}"
+    runtime.start()
+
+    def _term(signum: int, frame: Any) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, _term)
+    print(f"relaybox {__version__} listening on http://{config.host}:{server.effective_port}/api/v1 "
+          f"(data in {config.data_dir})", flush=True)
+    try:
+        server.run()
+    except (SystemExit, KeyboardInterrupt):
+        pass
+    finally:
+        server.close()
+        runtime.stop()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="config.toml (optional; defaults run without one)")
+    common.add_argument("--data-dir", dest="data_dir", help="where the database and queue live")
+
+    parser = argparse.ArgumentParser(prog="relaybox", description="Self-hosted SMS gateway appliance")
+    parser.add_argument("--version", action="version", version=f"relaybox {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", parents=[common], help="run the API, queue and channels")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("init", parents=[common], help="create the data dir and the owner account")
+    p.add_argument("--json", action="store_true", help="print one JSON line with account_id and api_key")
+    p.set_defaults(func=cmd_init)
+
+    for name in CLI_MODULES:
+        importlib.import_module(name).add_commands(sub, common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"relaybox: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Settings: defaults that run with no file, a TOML file, ``RELAYBOX_*`` environment, flags.
+
+Precedence is flag > environment > config file > default (CONTRACT.md). The core settings are
+top-level keys so that ``RELAYBOX_<KEY>`` maps one to one; tables such as ``[[modem]]`` only
+live in the file. Built on pydantic-settings so a bad value names the setting.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+def default_data_dir() -> str:
+    """A per-user data dir (XDG), so ``relaybox serve`` needs no config and no root."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "relaybox")
+
+
+class ModemConfig(BaseModel):
+    """One ``[[modem]]`` table: a USB GSM modem driven by this process."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,32}$")
+    port: str
+    baud: int = 115200
+    pin: str | None = None
+    smsc: str | None = None
+    number: str | None = None
+    label: str | None = None
+    enabled: bool = True
+    per_minute: int | None = None
+    per_hour: int | None = None
+    per_day: int | None = None
+
+
+class ConfigError(Exception):
+    """A setting is wrong; the message names it. The CLI exits 2 with it."""
+
+
+class Config(BaseSettings):
+    """Every setting of config.example.toml, with its default."""
+
+    model_config = SettingsConfigDict(env_prefix="RELAYBOX_", extra="forbid", case_sensitive=False)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    data_dir: str = Field(default_factory=default_data_dir)
+    # Empty means "<data_dir>/relaybox.db". Also sqlite:///path or postgresql://user:pw@host/db.
+    database: str = ""
+    # "sqlite" (a SqliteHuey file in the data dir), "memory" (tests), or redis://host:port/db.
+    queue: str = "sqlite"
+    workers: int = Field(2, ge=1, le=64)
+    # waitress request threads; every open phone SSE stream holds one.
+    threads: int = Field(24, ge=4, le=512)
+    public_url: str = ""
+    sandbox: bool = False
+    sandbox_delay_ms: int = Field(500, ge=0, le=600_000)
+    sandbox_from: str = "+15005550006"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = False
+    # Instance secret for HMAC of keys, tokens and OTP codes; generated in the data dir if empty.
+    secret: str = ""
+    max_attempts: int = Field(3, ge=1, le=10)
+    default_ttl_seconds: int = Field(86400, ge=60, le=30 * 86400)
+    # How often the housekeeping loop recovers stuck work, expires messages, fires schedules (s).
+    sweep_interval: float = Field(1.0, gt=0, le=60)
+    device_offline_after: int = Field(120, ge=5)
+    android_private_token: str = ""
+    modem: list[ModemConfig] = Field(default_factory=list)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _FileSource(settings_cls))
+
+    # -- derived paths -------------------------------------------------------------------
+    @property
+    def database_url(self) -> str:
+        return self.database or "sqlite:///" + os.path.join(self.data_dir, "relaybox.db")
+
+    @property
+    def queue_path(self) -> str:
+        return os.path.join(self.data_dir, "queue.db")
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """Reads the TOML file named by ``load_config(path=...)`` (held in a class attribute)."""
+
+    path: str | None = None
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        if not _FileSource.path:
+            return {}
+        with open(_FileSource.path, "rb") as fh:
+            return tomllib.load(fh)
+
+
+def load_config(path: str | None = None, **overrides: Any) -> Config:
+    """Build the settings; raise ConfigError naming the bad setting."""
+    path = path or os.environ.get("RELAYBOX_CONFIG") or None
+    if path and not Path(path).is_file():
+        raise ConfigError(f"config: file not found: {path}")
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    _FileSource.path = path
+    try:
+        return Config(**flags)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config: {path}: {exc}") from None
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"setting {name!r}: {err['msg']}") from None
+    finally:
+        _FileSource.path = None

@@ -1,0 +1,54 @@
+"""The event outbox: rows written inside the caller's transaction, listeners told after commit.
+
+Webhook delivery (and anything else that reacts to events) subscribes with :func:`subscribe`;
+it must treat the call as a nudge and read the rows, since a crash between commit and the call
+loses the call but never the row.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from relaybox.ids import new_id
+from relaybox.models import Event
+from relaybox.timeutil import now_ms
+
+log = logging.getLogger("relaybox.events")
+_listeners: list[Callable[[list[Event]], None]] = []
+
+
+def subscribe(fn: Callable[[list[Event]], None]) -> None:
+    if fn not in _listeners:
+        _listeners.append(fn)
+
+
+def unsubscribe_all() -> None:
+    _listeners.clear()
+
+
+def record(account_id: str | None, type_: str, payload: dict[str, Any], message_id: str | None = None) -> Event:
+    """Write an event row (call inside the transaction that made it happen)."""
+    return Event.create(
+        id=new_id("evt"), account=account_id, type=type_, message_id=message_id,
+        payload=payload, created_at=now_ms(),
+    )
+
+
+def record_many(rows: list[dict[str, Any]]) -> list[Event]:
+    """Bulk form of :func:`record` for batches; each row has account, type, payload, message_id."""
+    now = now_ms()
+    events = [Event(id=new_id("evt"), created_at=now, **r) for r in rows]
+    if events:
+        Event.bulk_create(events, batch_size=200)
+    return events
+
+
+def publish(events: list[Event]) -> None:
+    """Tell listeners (after commit). A failing listener is logged, never raised to the caller."""
+    if not events:
+        return
+    for fn in list(_listeners):
+        try:
+            fn(events)
+        except Exception:  # noqa: BLE001 - a listener must not break the sender
+            log.exception("event listener failed")

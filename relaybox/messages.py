@@ -1,0 +1,294 @@
+"""The message lifecycle: accept, claim, transition (timeline row + event), expire, recover.
+
+Every status change goes through :func:`transition` (or the bulk forms below), which writes the
+message row, one timeline row and one ``message.status`` event in one transaction. A transition
+that is not allowed from the current state (a duplicate or late report) changes nothing and
+returns False, so reports can be replayed safely.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import peewee as pw
+
+from relaybox import events
+from relaybox.db import write_tx
+from relaybox.models import Message, MessageEvent, PRIORITY_NAMES
+from relaybox.timeutil import iso, now_ms
+
+log = logging.getLogger("relaybox.messages")
+
+TERMINAL = frozenset({"delivered", "failed", "undelivered", "expired", "cancelled"})
+# The states a message can move to from each state. "queued" from "dispatched" is a failover:
+# only allowed when the channel proved nothing went out (see requeue_for_failover).
+ALLOWED: dict[str, frozenset[str]] = {
+    "accepted": frozenset({"queued", "scheduled", "failed"}),
+    "scheduled": frozenset({"queued", "cancelled", "expired"}),
+    "queued": frozenset({"dispatched", "expired", "cancelled", "failed"}),
+    "dispatched": frozenset({"sent", "delivered", "failed", "undelivered", "cancelled", "queued", "expired"}),
+    "sent": frozenset({"delivered", "undelivered", "failed"}),
+}
+STATUSES = ("accepted", "scheduled", "queued", "dispatched", "sent", "delivered",
+            "failed", "undelivered", "expired", "cancelled")
+# Events that become webhooks (CONTRACT: one status webhook per transition, "accepted" is implied).
+_TIMESTAMP_COLUMN = {"queued": "queued_at", "dispatched": "dispatched_at", "sent": "sent_at",
+                     "delivered": "delivered_at"}
+
+
+def status_payload(m: Message, status: str, at: int) -> dict[str, Any]:
+    """The ``message.status`` webhook body of the API reference, plus ``sequence``."""
+    return {
+        "event": "message.status",
+        "message_id": m.id,
+        "client_reference_id": m.client_reference_id,
+        "status": status,
+        "to": m.to_number,
+        "from": m.from_number,
+        "direction": m.direction,
+        "timestamp": iso(at, millis=False),
+        "unix_timestamp": at,
+        "error_code": m.error_code,
+        "error_message": m.error_message,
+        "metadata": m.metadata,
+        "attempts": m.attempts,
+        "sequence": m.sequence,
+    }
+
+
+@dataclass
+class NewMessage:
+    """A validated message ready to be written (see :func:`accept`)."""
+
+    account_id: str
+    to: str
+    body: str
+    segments: int
+    encoding: str
+    from_number: str | None = None
+    client_reference_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    status_callback: str | None = None
+    device_hint: str | None = None
+    channel_id: str | None = None
+    priority: int = 2
+    send_at: int | None = None
+    expires_at: int | None = None
+    batch_id: str | None = None
+    batch_index: int | None = None
+    id: str = ""
+    extra_events: list[dict[str, Any]] = field(default_factory=list)
+
+
+def accept(items: Iterable[NewMessage], now: int | None = None) -> tuple[list[Message], list[events.Event]]:
+    """Write accepted messages, their timeline rows and events. Call inside a transaction.
+
+    A message lands as ``queued`` (or ``scheduled`` with a future ``send_at``); its timeline
+    gets ``accepted`` then ``queued``/``scheduled``. Returns the rows and the event rows to
+    :func:`relaybox.events.publish` after commit.
+    """
+    now = now or now_ms()
+    rows: list[Message] = []
+    timeline: list[dict[str, Any]] = []
+    evs: list[dict[str, Any]] = []
+    for it in items:
+        status = "scheduled" if it.send_at and it.send_at > now else "queued"
+        m = Message(
+            id=it.id, account=it.account_id, client_reference_id=it.client_reference_id or it.id,
+            direction="outbound", to_number=it.to, from_number=it.from_number, body=it.body,
+            status=status, segments=it.segments, encoding=it.encoding, metadata=it.metadata,
+            status_callback=it.status_callback, batch=it.batch_id, batch_index=it.batch_index,
+            device_hint=it.device_hint, channel_id=it.channel_id, priority=it.priority,
+            send_at=it.send_at, expires_at=it.expires_at, attempts=0, sequence=2,
+            created_at=now, queued_at=now if status == "queued" else None, updated_at=now,
+        )
+        rows.append(m)
+        timeline.append({"message": it.id, "seq": 1, "status": "accepted", "at": now})
+        timeline.append({"message": it.id, "seq": 2, "status": status, "at": now,
+                         "channel_id": it.channel_id})
+        evs.append({"account": it.account_id, "type": "message.status", "message_id": it.id,
+                    "payload": status_payload(m, status, now)})
+    Message.bulk_create(rows, batch_size=100)
+    for i in range(0, len(timeline), 200):
+        MessageEvent.insert_many(timeline[i:i + 200]).execute()
+    return rows, events.record_many(evs)
+
+
+def _apply(m: Message, new: str, at: int, *, error_code: str | None, error_message: str | None,
+           channel_id: str | None, detail: dict[str, Any] | None) -> dict[str, Any]:
+    """Mutate ``m`` for the transition and return the timeline row (caller saves both)."""
+    m.status = new
+    m.sequence += 1
+    m.updated_at = at
+    col = _TIMESTAMP_COLUMN.get(new)
+    if col and getattr(m, col) is None:
+        setattr(m, col, at)
+    if new == "dispatched":
+        m.attempts += 1
+        m.error_code = m.error_message = None
+    if error_code is not None:
+        m.error_code = error_code
+    if error_message is not None:
+        m.error_message = error_message
+    if channel_id is not None:
+        m.channel_id = channel_id
+    return {"message": m.id, "seq": m.sequence, "status": new, "at": at,
+            "channel_id": channel_id or m.channel_id, "detail": detail}
+
+
+def transition(
+    message_id: str,
+    new: str,
+    *,
+    at: int | None = None,
+    error_code: str | None = None,
+    error_message: str | None = None,
+    channel_id: str | None = None,
+    expect_channel: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> bool:
+    """Move one message to ``new`` if allowed; write timeline + event. True when it moved."""
+    with write_tx():
+        m = Message.get_or_none(Message.id == message_id)
+        if m is None or new not in ALLOWED.get(m.status, ()):
+            return False
+        if expect_channel is not None and m.channel_id != expect_channel:
+            return False
+        last = (MessageEvent.select(pw.fn.MAX(MessageEvent.at))
+                .where(MessageEvent.message == message_id).scalar()) or 0
+        # Timeline timestamps never go back, even if a device's clock does.
+        at = max(at or now_ms(), last)
+        row = _apply(m, new, at, error_code=error_code, error_message=error_message,
+                     channel_id=channel_id, detail=detail)
+        m.save()
+        MessageEvent.insert(row).execute()
+        ev = events.record(m.account_id, "message.status", status_payload(m, new, at), m.id)
+    events.publish([ev])
+    log.info("message %s %s%s", message_id, new, f" ({error_code})" if error_code else "")
+    return True
+
+
+def claim_for_channel(channel_id: str, limit: int = 100, order: str = "fifo") -> list[Message]:
+    """Atomically move this channel's queued messages to ``dispatched`` and return them.
+
+    The conditional UPDATE (status still queued, channel still this one) is what guarantees two
+    workers never send the same message. Highest priority first, FIFO (or LIFO) within it.
+    """
+    now = now_ms()
+    claimed: list[Message] = []
+    evs = []
+    with write_tx():
+        id_order = Message.id.desc() if order == "lifo" else Message.id
+        candidates = list(
+            Message.select().where(
+                (Message.status == "queued") & (Message.channel_id == channel_id)
+                & ((Message.send_at.is_null()) | (Message.send_at <= now)))
+            .order_by(Message.priority, id_order).limit(limit))
+        for m in candidates:
+            n = (Message.update(status="dispatched", attempts=Message.attempts + 1,
+                                sequence=Message.sequence + 1, dispatched_at=now, updated_at=now,
+                                error_code=None, error_message=None)
+                 .where((Message.id == m.id) & (Message.status == "queued")
+                        & (Message.channel_id == channel_id)).execute())
+            if n != 1:
+                continue
+            m.status, m.attempts, m.sequence = "dispatched", m.attempts + 1, m.sequence + 1
+            m.dispatched_at = m.updated_at = now
+            m.error_code = m.error_message = None
+            MessageEvent.insert(message=m.id, seq=m.sequence, status="dispatched", at=now,
+                                channel_id=channel_id).execute()
+            evs.append(events.record(m.account_id, "message.status",
+                                     status_payload(m, "dispatched", now), m.id))
+            claimed.append(m)
+    events.publish(evs)
+    return claimed
+
+
+def requeue_for_failover(message_id: str, channel_id: str, error_code: str, error_message: str,
+                         max_attempts: int) -> str:
+    """A channel proved nothing went out: queue again for another channel, or fail for good.
+
+    Returns the new status ("queued" or "failed"). Never call this when the message may
+    have been sent.
+    """
+    m = Message.get_or_none(Message.id == message_id)
+    if m is None or m.status != "dispatched" or m.channel_id != channel_id:
+        return m.status if m else "missing"
+    if m.attempts >= max_attempts:
+        transition(message_id, "failed", error_code=error_code, error_message=error_message,
+                   expect_channel=channel_id)
+        return "failed"
+    with write_tx():
+        m = Message.get_by_id(message_id)
+        if m.status != "dispatched" or m.channel_id != channel_id:
+            return m.status
+        at = now_ms()
+        row = _apply(m, "queued", at, error_code=error_code, error_message=error_message,
+                     channel_id=None, detail={"failover_from": channel_id})
+        m.channel_id = None  # let the router choose again (it avoids the failed channel)
+        m.save()
+        MessageEvent.insert(row).execute()
+        ev = events.record(m.account_id, "message.status", status_payload(m, "queued", at), m.id)
+    events.publish([ev])
+    return "queued"
+
+
+def expire_due(now: int | None = None, timeout_codes: dict[str, str] | None = None) -> int:
+    """TTL passed: waiting messages end ``expired``; handed-off ones that never reported end
+    ``failed`` with the channel's timeout code (DEVICE_TIMEOUT for phones)."""
+    now = now or now_ms()
+    moved = 0
+    waiting = (Message.select(Message.id).where(
+        (Message.status << ["queued", "scheduled"]) & (Message.expires_at < now)).limit(500))
+    for m in waiting:
+        moved += transition(m.id, "expired", error_code="TTL_EXPIRED",
+                            error_message="time to live passed before sending")
+    stuck = (Message.select(Message.id, Message.channel_id).where(
+        (Message.status == "dispatched") & (Message.expires_at < now)).limit(500))
+    for m in stuck:
+        code = (timeout_codes or {}).get(m.channel_id or "", "DEVICE_TIMEOUT")
+        moved += transition(m.id, "failed", error_code=code,
+                            error_message="handed to the channel, no result before the TTL")
+    return moved
+
+
+def release_scheduled(now: int | None = None) -> list[str]:
+    """``scheduled`` messages whose ``send_at`` has come move to ``queued``."""
+    now = now or now_ms()
+    due = [m.id for m in Message.select(Message.id).where(
+        (Message.status == "scheduled") & (Message.send_at <= now)).order_by(Message.send_at).limit(1000)]
+    return [mid for mid in due if transition(mid, "queued")]
+
+
+def view(m: Message, channel_names: dict[str, str] | None = None) -> dict[str, Any]:
+    """The API's message object (both ``id`` and ``request_id``, as CONTRACT.md says)."""
+    return {
+        "id": m.id,
+        "request_id": m.id,
+        "client_reference_id": m.client_reference_id,
+        "status": m.status,
+        "direction": m.direction,
+        "to": m.to_number,
+        "from": m.from_number,
+        "body": m.body,
+        "segments": m.segments,
+        "encoding": m.encoding,
+        "priority": PRIORITY_NAMES.get(m.priority, "normal"),
+        "metadata": m.metadata,
+        "status_callback": m.status_callback,
+        "batch_id": m.batch_id,
+        "device_id": m.channel_id,
+        "device_name": (channel_names or {}).get(m.channel_id or "") if m.channel_id else None,
+        "attempts": m.attempts,
+        "error_code": m.error_code,
+        "error_message": m.error_message,
+        "created_at": iso(m.created_at),
+        "queued_at": iso(m.queued_at),
+        "send_at": iso(m.send_at),
+        "expires_at": iso(m.expires_at),
+        "dispatched_at": iso(m.dispatched_at),
+        "sent_at": iso(m.sent_at),
+        "delivered_at": iso(m.delivered_at),
+        "updated_at": iso(m.updated_at),
+    }

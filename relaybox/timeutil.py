@@ -1,0 +1,41 @@
+"""Time as integer milliseconds since the epoch (UTC), with one clock the tests can move."""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+_offset_ms = 0
+
+
+def now_ms() -> int:
+    """Wall clock in ms, plus the test offset (see :func:`advance`)."""
+    return int(time.time() * 1000) + _offset_ms
+
+
+def advance(seconds: float) -> None:
+    """Move the clock forward (tests only: expiry and pacing without sleeping)."""
+    global _offset_ms
+    _offset_ms += int(seconds * 1000)
+
+
+def reset_clock() -> None:
+    global _offset_ms
+    _offset_ms = 0
+
+
+def iso(ms: int | None, millis: bool = True) -> str | None:
+    """RFC 3339 UTC with ``Z``; millisecond precision for timelines."""
+    if ms is None:
+        return None
+    dt = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    if millis:
+        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_rfc3339(value: str) -> int:
+    """RFC 3339 / ISO 8601 with an offset → ms. Raises ValueError without an offset."""
+    dt = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    if dt.tzinfo is None:
+        raise ValueError("needs a time zone offset (e.g. Z or +05:00)")
+    return int(dt.timestamp() * 1000)
