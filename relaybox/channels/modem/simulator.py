@@ -24,6 +24,7 @@ import queue
 import random
 import re
 import select
+import signal
 import sys
 import threading
 import time
@@ -31,7 +32,7 @@ import tty
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
 from relaybox.sms import pdu
 
@@ -149,7 +150,11 @@ class ModemSimulator:
         self.unplugs = 0
         # SIM and modem state.
         self.sim_state = "SIM PUK" if puk_locked else ("SIM PIN" if pin else "READY")
-        self.storage: dict[str, dict[int, tuple[int, str]]] = {"SM": {}, "ME": {}, "SR": {}}
+        self.storage: dict[str, dict[int, tuple[int, str]]] = {
+            "SM": {},
+            "ME": {},
+            "SR": {},
+        }
         self._next_mr = first_reference % 256
         self._power_on()
         # I/O.
@@ -157,11 +162,15 @@ class ModemSimulator:
         self._slave: int | None = None
         self._tty_path = ""
         self._inbuf = bytearray()
-        self._entry: tuple[int] | None = None  # (length,) while collecting a PDU after "> "
+        self._entry: tuple[int] | None = (
+            None  # (length,) while collecting a PDU after "> "
+        )
         self._into_next_reply: list[str] = []
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
-        self._actions: queue.Queue[tuple[Callable[[], Any], queue.Queue[Any]]] = queue.Queue()
+        self._actions: queue.Queue[tuple[Callable[[], Any], queue.Queue[Any]]] = (
+            queue.Queue()
+        )
         self._wake_r, self._wake_w = os.pipe()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -188,7 +197,9 @@ class ModemSimulator:
 
     def start(self) -> ModemSimulator:
         self._open_pty()
-        self._thread = threading.Thread(target=self._run, name=f"{self.name}-sim", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"{self.name}-sim", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -204,7 +215,7 @@ class ModemSimulator:
             except OSError:
                 pass
 
-    def __enter__(self) -> ModemSimulator:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -224,8 +235,12 @@ class ModemSimulator:
                 pass
             os.symlink(self._tty_path, tmp)
             os.replace(tmp, self.link)
-        log.debug("%s: pty %s%s", self.name, self._tty_path,
-                  f" (link {self.link})" if self.link else "")
+        log.debug(
+            "%s: pty %s%s",
+            self.name,
+            self._tty_path,
+            f" (link {self.link})" if self.link else "",
+        )
 
     def _close_pty(self) -> None:
         for fd in (self._master, self._slave):
@@ -256,15 +271,28 @@ class ModemSimulator:
             raise value
         return value
 
-    def set_report(self, number: str, outcome: str = "delivered", delay: float = 0.05,
-                   status: int | None = None) -> None:
+    def set_report(
+        self,
+        number: str,
+        outcome: str = "delivered",
+        delay: float = 0.05,
+        status: int | None = None,
+    ) -> None:
         """Script the status report for ``number``: delivered / failed / pending / none."""
         if outcome not in (*REPORT_STATUS, "none"):
             raise ValueError(f"unknown report outcome {outcome!r}")
         self.reports[number] = ReportPlan(outcome, delay, status)
 
-    def set_ussd(self, code: str, text: str, *, status: int = 0, dcs: int = 15,
-                 delay: float = 0.05, before_ok: bool = False) -> None:
+    def set_ussd(
+        self,
+        code: str,
+        text: str,
+        *,
+        status: int = 0,
+        dcs: int = 15,
+        delay: float = 0.05,
+        before_ok: bool = False,
+    ) -> None:
         """Script the network's answer to ``AT+CUSD=1,"<code>"``."""
         self.ussd_plans[code] = UssdPlan(text, status, dcs, delay, before_ok)
 
@@ -289,19 +317,33 @@ class ModemSimulator:
     def wake(self) -> None:
         self.hung = False
 
-    def inject_sms(self, sender: str, text: str, *, notify: bool = True,
-                   reverse: bool = False, scts: datetime | None = None,
-                   during_next_reply: bool = False) -> list[int]:
+    def inject_sms(
+        self,
+        sender: str,
+        text: str,
+        *,
+        notify: bool = True,
+        reverse: bool = False,
+        scts: datetime | None = None,
+        during_next_reply: bool = False,
+    ) -> list[int]:
         """Deliver ``text`` from ``sender`` as the network would: one DELIVER PDU per part,
         stored in SIM storage and announced with ``+CMTI`` (unless ``notify`` is False, or
         with ``+CMT`` when the driver asked for routing). Returns the storage indexes.
         ``during_next_reply`` holds the ``+CMTI`` back and slips it into the middle of the
         next command's reply (the interleaving case of MODEM.md §5)."""
-        pdus = pdu.encode_deliver(sender, text, scts=scts or datetime.now(UTC),
-                                  smsc=self.smsc or None, concat_ref=random.randrange(256))
+        pdus = pdu.encode_deliver(
+            sender,
+            text,
+            scts=scts or datetime.now(UTC),
+            smsc=self.smsc or None,
+            concat_ref=random.randrange(256),
+        )
         if reverse:
             pdus.reverse()
-        return self._call(lambda: [self._deliver(p, notify, during_next_reply) for p in pdus])
+        return self._call(
+            lambda: [self._deliver(p, notify, during_next_reply) for p in pdus]
+        )
 
     def inject_pdu(self, hex_pdu: str, *, notify: bool = True) -> int:
         """Store one raw DELIVER PDU (with SMSC field) and announce it."""
@@ -362,7 +404,7 @@ class ModemSimulator:
                     break
                 try:
                     box.put((True, fn()))
-                except Exception as exc:  # handed back to the caller
+                except Exception as exc:  # noqa: BLE001 - re-raised in the caller's thread
                     box.put((False, exc))
             if self._master is not None and self._master in ready:
                 try:
@@ -392,7 +434,7 @@ class ModemSimulator:
             chunks, i = [], 0
             while i < len(data):
                 n = random.randint(1, 5)
-                chunks.append(data[i:i + n])
+                chunks.append(data[i : i + n])
                 i += n
         for n, chunk in enumerate(chunks):
             if n and self.split_writes:
@@ -438,13 +480,19 @@ class ModemSimulator:
         self._inbuf.extend(data)
         while self._inbuf:
             if self._entry is not None:
-                end = min((i for i in (self._inbuf.find(b"\x1a"), self._inbuf.find(b"\x1b"))
-                           if i >= 0), default=-1)
+                end = min(
+                    (
+                        i
+                        for i in (self._inbuf.find(b"\x1a"), self._inbuf.find(b"\x1b"))
+                        if i >= 0
+                    ),
+                    default=-1,
+                )
                 if end < 0:
                     return
                 body = bytes(self._inbuf[:end]).decode("ascii", "replace").strip()
                 terminator = self._inbuf[end]
-                del self._inbuf[:end + 1]
+                del self._inbuf[: end + 1]
                 (length,) = self._entry
                 self._entry = None
                 if terminator == 0x1B:
@@ -456,7 +504,7 @@ class ModemSimulator:
             if cut < 0:
                 return
             line = bytes(self._inbuf[:cut]).decode("ascii", "replace")
-            del self._inbuf[:cut + 1]
+            del self._inbuf[: cut + 1]
             line = line.strip().strip("\x1a\x1b\n").strip()
             if line:
                 self.commands.append(line)
@@ -485,15 +533,24 @@ class ModemSimulator:
                 self.echo = ubody == "E1"
             self._reply([])
         elif ubody == "I":
-            self._reply(["Manufacturer: relaybox", "Model: simulated PDU modem",
-                         "Revision: 1.0", f"IMEI: {self.imei}", "+GCAP: +CGSM"])
+            self._reply(
+                [
+                    "Manufacturer: relaybox",
+                    "Model: simulated PDU modem",
+                    "Revision: 1.0",
+                    f"IMEI: {self.imei}",
+                    "+GCAP: +CGSM",
+                ]
+            )
         elif ubody.startswith("+CMEE="):
             self.cmee = int(body[6:] or 0)
             self._reply([])
         elif ubody == "+CGSN":
             self._reply([self.imei])
         elif ubody == "+CIMI":
-            self._reply([self.imsi] if sim_ready else [], "OK" if sim_ready else sim_error)
+            self._reply(
+                [self.imsi] if sim_ready else [], "OK" if sim_ready else sim_error
+            )
         elif ubody == "+CGMI":
             self._reply(["relaybox"])
         elif ubody == "+CGMM":
@@ -520,7 +577,9 @@ class ModemSimulator:
         elif ubody == "+COPS?":
             ok = sim_ready and self.cfun == 1 and self.creg in (1, 5)
             self._reply([f'+COPS: 0,0,"{self.operator}",7' if ok else "+COPS: 0"])
-        elif not sim_ready and ubody.startswith(("+CMG", "+CPMS", "+CNMI", "+CSCA", "+CUSD")):
+        elif not sim_ready and ubody.startswith(
+            ("+CMG", "+CPMS", "+CNMI", "+CSCA", "+CUSD")
+        ):
             self._reply([], sim_error)
         elif ubody.startswith("+CMGF="):
             self.cmgf = int(body[6:] or 0)
@@ -528,7 +587,9 @@ class ModemSimulator:
         elif ubody == "+CMGF?":
             self._reply([f"+CMGF: {self.cmgf}"])
         elif ubody == "+CSCA?":
-            self._reply([f'+CSCA: "{self.smsc}",{145 if self.smsc.startswith("+") else 129}'])
+            self._reply(
+                [f'+CSCA: "{self.smsc}",{145 if self.smsc.startswith("+") else 129}']
+            )
         elif ubody.startswith("+CSCA="):
             self.smsc = body[6:].split(",")[0].strip().strip('"')
             self._reply([])
@@ -591,10 +652,21 @@ class ModemSimulator:
             self._reply(['+CPMS: ("SM","ME","SR"),("SM","ME"),("SM","ME")'])
             return
         if arg == "?":
-            self._reply(["+CPMS: " + ",".join(
-                f'"{m}",{c}' for m, c in zip(self.mem, self._counts(), strict=True))])
+            self._reply(
+                [
+                    "+CPMS: "
+                    + ",".join(
+                        f'"{m}",{c}'
+                        for m, c in zip(self.mem, self._counts(), strict=True)
+                    )
+                ]
+            )
             return
-        names = [n.strip().strip('"').upper() for n in arg.lstrip("=").split(",") if n.strip()]
+        names = [
+            n.strip().strip('"').upper()
+            for n in arg.lstrip("=").split(",")
+            if n.strip()
+        ]
         if not names or any(n not in self.storage for n in names):
             self._reply([], self._error("CMS", 302))
             return
@@ -637,7 +709,9 @@ class ModemSimulator:
             self._reply([], self._error("CMS", 304))
             return
         if not isinstance(submit, pdu.Submit) or tpdu_len != length:
-            log.warning("%s: AT+CMGS=%d but the TPDU has %d octets", self.name, length, tpdu_len)
+            log.warning(
+                "%s: AT+CMGS=%d but the TPDU has %d octets", self.name, length, tpdu_len
+            )
             self._reply([], self._error("CMS", 304))
             return
         if self._send_failures:
@@ -658,8 +732,10 @@ class ModemSimulator:
         if self._swallow:
             self._swallow -= 1
             if self._late_result is not None:
-                self._later(self._late_result + self.radio_delay,
-                            lambda: self._write_lines([f"+CMGS: {mr}", "OK"]))
+                self._later(
+                    self._late_result + self.radio_delay,
+                    lambda: self._write_lines([f"+CMGS: {mr}", "OK"]),
+                )
             return
         self._later(self.radio_delay, lambda: self._reply([f"+CMGS: {mr}"]))
 
@@ -672,12 +748,16 @@ class ModemSimulator:
 
         def emit() -> None:
             hex_pdu = pdu.encode_status_report(
-                mr, recipient, scts=accepted, discharge=datetime.now(UTC), status=status,
-                smsc=self.smsc or None)
+                mr,
+                recipient,
+                scts=accepted,
+                discharge=datetime.now(UTC),
+                status=status,
+                smsc=self.smsc or None,
+            )
             ds = self.cnmi[3]
             if ds == 1:
-                raw = bytes.fromhex(hex_pdu)
-                self._write_lines([f"+CDS: {len(raw) - raw[0] - 1}", hex_pdu])
+                self._write_lines([f"+CDS: {self._pdu_length(hex_pdu)}", hex_pdu])
             elif ds == 2:
                 index = self._store("SR", hex_pdu, stat=0)
                 if index is not None:
@@ -696,8 +776,7 @@ class ModemSimulator:
     def _deliver(self, hex_pdu: str, notify: bool, during_next_reply: bool) -> int:
         mode = self.cnmi[1]
         if notify and mode == 2:
-            raw = bytes.fromhex(hex_pdu)
-            self._write_lines([f",{len(raw) - raw[0] - 1}".join(["+CMT: ", ""]), hex_pdu])
+            self._write_lines([f"+CMT: ,{self._pdu_length(hex_pdu)}", hex_pdu])
             return -1
         index = self._store("SM", hex_pdu, stat=0)
         if index is None:
@@ -782,20 +861,39 @@ def main(argv: list[str] | None = None) -> int:
     Prints the pty path first (one line) so scripts can read it, then accepts the commands
     of ``_HELP`` on stdin.
     """
-    parser = argparse.ArgumentParser(prog="relaybox modem simulate",
-                                     description="Run a simulated GSM modem on a pty.")
-    parser.add_argument("--link", help="also create this symlink to the pty (for replug)")
+    parser = argparse.ArgumentParser(
+        prog="relaybox modem simulate",
+        description="Run a simulated GSM modem on a pty.",
+    )
+    parser.add_argument(
+        "--link", help="also create this symlink to the pty (for replug)"
+    )
     parser.add_argument("--pin", help="SIM asks for this PIN")
-    parser.add_argument("--smsc", default="+447802000332", help="SMSC on the SIM ('' = none)")
-    parser.add_argument("--radio-delay", type=float, default=0.5,
-                        help="seconds between Ctrl-Z and +CMGS (default 0.5)")
-    parser.add_argument("--report", default="delivered",
-                        choices=[*REPORT_STATUS, "none"], help="default status report")
+    parser.add_argument(
+        "--smsc", default="+447802000332", help="SMSC on the SIM ('' = none)"
+    )
+    parser.add_argument(
+        "--radio-delay",
+        type=float,
+        default=0.5,
+        help="seconds between Ctrl-Z and +CMGS (default 0.5)",
+    )
+    parser.add_argument(
+        "--report",
+        default="delivered",
+        choices=[*REPORT_STATUS, "none"],
+        help="default status report",
+    )
     parser.add_argument("--report-delay", type=float, default=2.0)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every command")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log every command"
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
     sim = run(args.link, pin=args.pin, smsc=args.smsc, radio_delay=args.radio_delay)
     sim.default_report = ReportPlan(args.report, args.report_delay)
     print(_HELP, file=sys.stderr)
@@ -811,7 +909,9 @@ def main(argv: list[str] | None = None) -> int:
                 elif cmd == "sms" and len(rest) >= 2:
                     print(sim.inject_sms(rest[0], " ".join(rest[1:])), file=sys.stderr)
                 elif cmd == "report" and len(rest) >= 2:
-                    sim.set_report(rest[0], rest[1], float(rest[2]) if len(rest) > 2 else 2.0)
+                    sim.set_report(
+                        rest[0], rest[1], float(rest[2]) if len(rest) > 2 else 2.0
+                    )
                 elif cmd == "ussd" and len(rest) >= 2:
                     sim.set_ussd(rest[0], " ".join(rest[1:]))
                 elif cmd == "fail" and rest:
@@ -827,7 +927,11 @@ def main(argv: list[str] | None = None) -> int:
                     print(_HELP, file=sys.stderr)
             except (ValueError, TypeError) as exc:
                 print(f"error: {exc}", file=sys.stderr)
-    except KeyboardInterrupt:
+        else:
+            # stdin ended (e.g. started in the background): keep the modem up until a signal.
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+            threading.Event().wait()
+    except (KeyboardInterrupt, SystemExit):
         pass
     finally:
         sim.stop()
