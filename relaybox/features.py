@@ -8,7 +8,15 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-FEATURES: list[str] = []
+FEATURES: list[str] = [
+    "relaybox.channels.android.server",
+    "relaybox.channels.modem.channel",
+    "relaybox.api.otp",
+    "relaybox.api.webhooks",
+    "relaybox.api.account",
+    "relaybox.ops",
+    "relaybox.admin",
+]
 
 
 def register(app: Any) -> None:

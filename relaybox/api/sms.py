@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+import logging
+from contextlib import contextmanager
+from typing import Any, Iterator, Literal
+
+import peewee as pw
 
 from flask import g
 from flask_openapi3 import APIBlueprint, Tag
@@ -19,6 +23,7 @@ from relaybox.runtime import Runtime
 from relaybox.sms.pdu import analyze
 from relaybox.timeutil import iso, now_ms, parse_rfc3339
 
+log = logging.getLogger("relaybox.api.sms")
 bp = APIBlueprint("sms", __name__, url_prefix="/api/v1", abp_tags=[Tag(name="Messages")],
                   abp_security=SECURITY)
 
@@ -132,7 +137,10 @@ def _assign(rt: Runtime, routing: _Routing, pinned: str | None, scheduled: bool)
 
 def check_can_send(account: Any) -> None:
     """Account-level gates shared by every sending endpoint (pause, subscription, ...)."""
-    for gate in _runtime().send_gates:
+    rt = _runtime()
+    if account.paused or rt.instance_paused():
+        raise ApiError("QUEUE_BLOCKED", "sending is paused for this account; resume the queue to send")
+    for gate in rt.send_gates:
         gate(account)
 
 
@@ -143,6 +151,18 @@ def _finish(rt: Runtime, rows: list[Message], evs: list[Any]) -> None:
         rt.notify_channel(cid)
     for fn in rt.after_accept:
         fn(rows)
+
+
+@contextmanager
+def queue_tx() -> Iterator[None]:
+    """The accept transaction; a database that cannot take the write is QUEUE_FAILED (503)."""
+    try:
+        with write_tx():
+            yield
+    except (pw.OperationalError, pw.InterfaceError) as exc:
+        log.error("could not queue: %s", exc)
+        raise ApiError("QUEUE_FAILED", "could not queue the message: the database is unavailable, "
+                       "retry with the same Idempotency-Key") from None
 
 
 # -- endpoints --------------------------------------------------------------------------------
@@ -161,7 +181,7 @@ def send_sms(body: SendBody):
     channel = _assign(rt, body, pinned, bool(send_at and send_at > now))
     item = _new_message(account.id, body, body.to, body.body, channel=channel, send_at=send_at,
                         expires_at=expires_at, item=body, ref=body.client_reference_id)
-    with write_tx():
+    with queue_tx():
         for hook in rt.before_accept:
             hook(account, [item])
         (m,), evs = accept([item], now)
@@ -220,7 +240,7 @@ def send_batch(body: BatchBody):
     if not items:
         raise ApiError("INVALID_REQUEST", "messages: no valid item in the batch", field="messages",
                        extra={"results": bad})
-    with write_tx():
+    with queue_tx():
         for hook in rt.before_accept:
             hook(account, items)
         Batch.create(id=batch_id, account=account, kind="batch", total=len(items),
@@ -279,7 +299,7 @@ def send_list(body: ListBody):
     if not items:
         raise ApiError("INVALID_REQUEST", "numbers: no valid number in the list", field="numbers",
                        extra={"rejected": rejected})
-    with write_tx():
+    with queue_tx():
         for hook in rt.before_accept:
             hook(account, items)
         Batch.create(id=batch_id, account=account, kind="list", total=len(items), from_number=body.from_,

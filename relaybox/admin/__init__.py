@@ -1,0 +1,8 @@
+"""The admin web page and developer page (issue: web page)."""
+from __future__ import annotations
+
+from typing import Any
+
+
+def init_app(app: Any) -> None:
+    """Register blueprints, tasks and hooks on the app (called by create_app)."""

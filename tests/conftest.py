@@ -1,0 +1,167 @@
+"""Test fixtures: a real relaybox process on an ephemeral loopback port, real SQLite files.
+
+``server_factory(**settings)`` starts ``relaybox serve`` in a subprocess with its own data dir
+(settings become RELAYBOX_* environment variables, or ``config_text`` a config.toml), and
+returns a :class:`RelayboxServer` with a ready ``requests`` session carrying the owner's key.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import requests
+
+HERE = Path(__file__).resolve().parent
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
+             message: str = "condition") -> Any:
+    """Poll until predicate() is truthy; bounded, fails the test with ``message``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message} (last: {last!r})")
+
+
+class Api(requests.Session):
+    """A session whose relative paths go to /api/v1 of one server."""
+
+    def __init__(self, base: str, key: str | None) -> None:
+        super().__init__()
+        self.base = base
+        if key:
+            self.headers["X-API-Key"] = key
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        if url.startswith("/"):
+            url = self.base + url
+        kwargs.setdefault("timeout", 30)
+        return super().request(method, url, *args, **kwargs)
+
+
+class RelayboxServer:
+    def __init__(self, data_dir: Path, env: dict[str, str], config_path: Path | None = None) -> None:
+        self.data_dir = data_dir
+        self.env = env
+        self.config_path = config_path
+        self.proc: subprocess.Popen[str] | None = None
+        self.port: int | None = None
+        self.log_path = data_dir / "server.log"
+        init = subprocess.run(self._cmd("init", "--json"), env=env, capture_output=True, text=True, timeout=60)
+        assert init.returncode == 0, init.stderr
+        created = json.loads(init.stdout.strip().splitlines()[-1])
+        self.account_id: str = created["account_id"]
+        self.key: str = created["api_key"]
+
+    def _cmd(self, *args: str) -> list[str]:
+        cmd = [sys.executable, "-m", "relaybox.cli", args[0], "--data-dir", str(self.data_dir)]
+        if self.config_path:
+            cmd += ["--config", str(self.config_path)]
+        return cmd + list(args[1:])
+
+    def start(self, port: int | None = None) -> RelayboxServer:
+        port = port if port is not None else (self.port or 0)
+        log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(self._cmd("serve", "--port", str(port), "--host", "127.0.0.1"),
+                                     env=self.env, stdout=subprocess.PIPE, stderr=log, text=True)
+        deadline = time.monotonic() + 30
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"relaybox exited: {self.log_path.read_text()[-3000:]}")
+                continue
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+            if m:
+                self.port = int(m.group(1))
+                break
+        else:
+            raise AssertionError("relaybox did not start")
+        # Keep draining stdout so the child never blocks on a full pipe.
+        import threading
+
+        out = self.proc.stdout
+        threading.Thread(target=lambda: [None for _ in out], daemon=True).start()
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_base(self) -> str:
+        return self.url + "/api/v1"
+
+    def api(self, key: str | None = "") -> Api:
+        return Api(self.api_base, self.key if key == "" else key)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+
+def _env(settings: dict[str, Any]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYBOX_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    for k, v in settings.items():
+        env["RELAYBOX_" + k.upper()] = str(v).lower() if isinstance(v, bool) else str(v)
+    # Scale-out runs of the suite point every server at PostgreSQL/Redis (see .ci/run).
+    for k in ("DATABASE", "QUEUE"):
+        outer = os.environ.get("RELAYBOX_TEST_" + k)
+        if outer and "RELAYBOX_" + k not in env:
+            env["RELAYBOX_" + k] = outer
+    return env
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., RelayboxServer]]:
+    servers: list[RelayboxServer] = []
+
+    def make(config_text: str | None = None, start: bool = True, data_dir: Path | None = None,
+             **settings: Any) -> RelayboxServer:
+        d = data_dir or tmp_path / f"data{len(servers)}"
+        d.mkdir(parents=True, exist_ok=True)
+        cfg = None
+        if config_text is not None:
+            cfg = d / "config.toml"
+            cfg.write_text(config_text)
+        settings.setdefault("log_level", "INFO")
+        srv = RelayboxServer(d, _env(settings), cfg)
+        servers.append(srv)
+        return srv.start() if start else srv
+
+    yield make
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture
+def sandbox(server_factory: Callable[..., RelayboxServer]) -> RelayboxServer:
+    """A server with the sandbox channel on and short radio delays."""
+    return server_factory(sandbox=True, sandbox_delay_ms=30)
