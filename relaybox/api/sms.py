@@ -4,13 +4,13 @@ from __future__ import annotations
 import json
 import logging
 from contextlib import contextmanager
-from typing import Any, Iterator, Literal
+from typing import Annotated, Any, Iterator, Literal
 
 import peewee as pw
 
 from flask import g
 from flask_openapi3 import APIBlueprint, Tag
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator
 
 from relaybox import events
 from relaybox.api.common import E164, SECURITY, HttpUrl, PageQuery, StrictBody, current_account, idempotent, page_of
@@ -58,15 +58,28 @@ class _Routing(StrictBody):
     send_at: str | None = Field(None, max_length=64, description="RFC 3339 time, up to 30 days ahead")
 
 
+def _encodable(v: str) -> str:
+    """Reject lone surrogates (valid in JSON escapes, not sendable as UCS-2)."""
+    try:
+        v.encode("utf-16-be")
+    except UnicodeEncodeError:
+        raise ValueError("contains an invalid character (lone surrogate)") from None
+    return v
+
+
+SmsText = Annotated[str, Field(min_length=1, max_length=1600, description="1-1600 characters"),
+                    AfterValidator(_encodable)]
+
+
 class SendBody(_Common, _Routing):
     to: E164 = Field(description="Recipient in E.164, e.g. +923001234567")
-    body: str = Field(min_length=1, max_length=1600, description="1-1600 characters")
+    body: SmsText
     client_reference_id: str | None = Field(None, min_length=1, max_length=255)
 
 
 class BatchItem(_Common):
     to: E164
-    body: str = Field(min_length=1, max_length=1600)
+    body: SmsText
     client_reference_id: str | None = Field(None, min_length=1, max_length=255)
 
 
@@ -77,7 +90,7 @@ class BatchBody(_Common, _Routing):
 
 class ListBody(_Common, _Routing):
     numbers: list[Any] = Field(min_length=1, max_length=10_000)
-    body: str = Field(min_length=1, max_length=1600)
+    body: SmsText
 
 
 class MessagePath(BaseModel):
