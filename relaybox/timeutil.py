@@ -1,15 +1,35 @@
-"""Time as integer milliseconds since the epoch (UTC), with one clock the tests can move."""
+"""Time as integer milliseconds since the epoch (UTC), with one clock the tests can move.
+
+In-process tests move it with :func:`advance`. Tests that drive a real ``relaybox serve``
+process start it with ``RELAYBOX_TEST_CLOCK_FILE=<path>``: the server then adds the integer
+number of milliseconds written in that file to every :func:`now_ms` (write it atomically, e.g.
+temp file + ``os.replace``; a missing or unreadable file counts as 0). The variable is read once
+at import; when it is unset (production) nothing is read.
+"""
 from __future__ import annotations
 
+import os
 import time
 from datetime import datetime, timezone
 
 _offset_ms = 0
+_CLOCK_FILE = os.environ.get("RELAYBOX_TEST_CLOCK_FILE") or None
+
+
+def _file_offset_ms(path: str) -> int:
+    try:
+        with open(path) as fh:
+            return int(fh.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
 
 
 def now_ms() -> int:
-    """Wall clock in ms, plus the test offset (see :func:`advance`)."""
-    return int(time.time() * 1000) + _offset_ms
+    """Wall clock in ms, plus the test offsets (see :func:`advance` and the module docstring)."""
+    ms = int(time.time() * 1000) + _offset_ms
+    if _CLOCK_FILE:
+        ms += _file_offset_ms(_CLOCK_FILE)
+    return ms
 
 
 def advance(seconds: float) -> None:
