@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -72,6 +72,13 @@ class Config(BaseSettings):
     sweep_interval: float = Field(1.0, gt=0, le=60)
     device_offline_after: int = Field(120, ge=5)
     android_private_token: str = ""
+    # Webhook retries: the delay in seconds before each attempt (the first is the first attempt),
+    # on the Standard Webhooks schedule; jitter is added. RELAYBOX_WEBHOOK_RETRY_SCHEDULE='[0,5,300]'.
+    webhook_retry_schedule: list[Annotated[float, Field(ge=0, le=7 * 86400)]] = Field(
+        default_factory=lambda: [0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400],
+        min_length=1, max_length=30)
+    # Deliveries in flight at once (a dedicated thread pool, so slow receivers never starve the queue).
+    webhook_workers: int = Field(8, ge=1, le=64)
     modem: list[ModemConfig] = Field(default_factory=list)
 
     @classmethod
