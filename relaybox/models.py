@@ -114,6 +114,9 @@ class Event(BaseModel):
     message_id = pw.CharField(max_length=40, null=True, index=True)
     payload = JSONField()
     created_at = pw.BigIntegerField(index=True)
+    # Set when relaybox.webhooks turned the event into its delivery (or decided none is due);
+    # NULL rows are the webhook outbox, so a restart resumes exactly where it stopped.
+    webhooked_at = pw.BigIntegerField(null=True, index=True)
 
 
 class IdempotencyRecord(BaseModel):
