@@ -47,6 +47,12 @@ def _http_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc or len(value) > 2048:
         raise ValueError("must be an http(s) URL")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number in 0-65535
+    except ValueError:
+        raise ValueError("must be an http(s) URL with a valid port") from None
+    if not parts.hostname or any(c.isspace() or ord(c) < 32 for c in value):
+        raise ValueError("must be an http(s) URL with a host name")
     return value
 
 
