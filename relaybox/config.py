@@ -72,6 +72,16 @@ class Config(BaseSettings):
     sweep_interval: float = Field(1.0, gt=0, le=60)
     device_offline_after: int = Field(120, ge=5)
     android_private_token: str = ""
+    # GET /metrics (Prometheus): with a token, any client presenting "Authorization: Bearer
+    # <token>"; without one, loopback clients only (never requests relayed by a proxy).
+    metrics_enabled: bool = True
+    metrics_token: str = ""
+    # One log line per request (method, route, status, ms); never bodies, keys or query strings.
+    log_requests: bool = True
+    # Finished messages, their timelines and events older than this many days are deleted
+    # (0 keeps everything); a pass runs every retention_interval seconds.
+    retention_days: int = Field(0, ge=0, le=36500)
+    retention_interval: float = Field(3600.0, gt=0, le=86400)
     # Webhook retries: the delay in seconds before each attempt (the first is the first attempt),
     # on the Standard Webhooks schedule; jitter is added. RELAYBOX_WEBHOOK_RETRY_SCHEDULE='[0,5,300]'.
     webhook_retry_schedule: list[Annotated[float, Field(ge=0, le=7 * 86400)]] = Field(
