@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import peewee as pw
 
@@ -79,6 +79,42 @@ class NewMessage:
     batch_index: int | None = None
     id: str = ""
     extra_events: list[dict[str, Any]] = field(default_factory=list)
+
+
+# -- the text a channel transmits ---------------------------------------------------------------
+class NotSendable(Exception):
+    """The message must not go out (e.g. its OTP was superseded or expired meanwhile).
+
+    A channel that gets this from :func:`sending_body` transmits nothing and ends the message
+    with ``transition(m.id, exc.status, error_code=exc.error_code, error_message=str(exc),
+    expect_channel=<its id>)``.
+    """
+
+    def __init__(self, message: str, *, status: str = "cancelled", error_code: str = "WITHDRAWN") -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_code = error_code
+
+
+_body_sources: list[Callable[[Message], str | None]] = []
+
+
+def add_body_source(fn: Callable[[Message], str | None]) -> None:
+    """Register a source of the real text for some messages (None: not mine, use the row)."""
+    if fn not in _body_sources:
+        _body_sources.append(fn)
+
+
+def sending_body(m: Message) -> str:
+    """The text to transmit for ``m``. Channels call this right before sending, never read
+    ``Message.body`` directly: some rows keep only a redacted body (an OTP code is never stored
+    in clear) and the feature that owns them supplies the real text here. May raise
+    :class:`NotSendable`."""
+    for source in _body_sources:
+        text = source(m)
+        if text is not None:
+            return text
+    return m.body
 
 
 def accept(items: Iterable[NewMessage], now: int | None = None) -> tuple[list[Message], list[events.Event]]:
