@@ -89,6 +89,18 @@ class Config(BaseSettings):
         min_length=1, max_length=30)
     # Deliveries in flight at once (a dedicated thread pool, so slow receivers never starve the queue).
     webhook_workers: int = Field(8, ge=1, le=64)
+    # OTP: verify attempts per code; sends per (number, purpose) at least otp_resend_interval
+    # seconds apart and at most otp_max_sends per otp_send_window seconds; per account at most
+    # otp_account_max_sends per otp_account_window seconds. Every otp_max_attempts consecutive
+    # wrong codes for a (number, purpose), across resends, lock it out for otp_lockout_seconds,
+    # doubled at each further lock-out, up to a day (NIST SP 800-63B throttling).
+    otp_max_attempts: int = Field(5, ge=1, le=20)
+    otp_resend_interval: int = Field(30, ge=0, le=3600)
+    otp_max_sends: int = Field(5, ge=1, le=1000)
+    otp_send_window: int = Field(900, ge=60, le=86400)
+    otp_account_max_sends: int = Field(500, ge=1, le=1_000_000)
+    otp_account_window: int = Field(3600, ge=60, le=86400)
+    otp_lockout_seconds: int = Field(60, ge=1, le=86400)
     modem: list[ModemConfig] = Field(default_factory=list)
 
     @classmethod
