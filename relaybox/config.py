@@ -71,7 +71,11 @@ class Config(BaseSettings):
     # How often the housekeeping loop recovers stuck work, expires messages, fires schedules (s).
     sweep_interval: float = Field(1.0, gt=0, le=60)
     device_offline_after: int = Field(120, ge=5)
+    # When set, any phone that presents it ("Private Token" in the app) may register as a device.
     android_private_token: str = ""
+    # Phones: the ping interval served in /settings (0 = no ping service), and the SSE keep-alive.
+    android_ping_interval: int = Field(60, ge=0, le=86400)
+    sse_keepalive_seconds: float = Field(15.0, gt=0, le=15)
     # GET /metrics (Prometheus): with a token, any client presenting "Authorization: Bearer
     # <token>"; without one, loopback clients only (never requests relayed by a proxy).
     metrics_enabled: bool = True
