@@ -47,6 +47,16 @@ def write_tx() -> Any:
     return db.atomic()
 
 
+def for_update(query: Any) -> Any:
+    """Lock the selected rows until the transaction ends (PostgreSQL ``SELECT ... FOR UPDATE``).
+
+    On SQLite the write transaction (``BEGIN IMMEDIATE``) already serialises writers, and SQLite
+    has no ``FOR UPDATE``; on PostgreSQL (READ COMMITTED) a read-modify-write of a row must lock
+    it, or two processes could both move a message from the same state.
+    """
+    return query if is_sqlite() else query.for_update()
+
+
 class JSONField(peewee.TextField):
     """JSON stored as text: portable across SQLite and PostgreSQL."""
 
@@ -77,4 +87,8 @@ def all_models() -> list[type[BaseModel]]:
 
 def create_tables() -> None:
     with db.atomic():
+        if not is_sqlite():
+            # Two processes starting at once on one PostgreSQL would race on CREATE TABLE IF
+            # NOT EXISTS (duplicate pg_type rows); the advisory lock makes it one at a time.
+            db.execute_sql("SELECT pg_advisory_xact_lock(7297812)")
         db.create_tables(all_models(), safe=True)
