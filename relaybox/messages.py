@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 import peewee as pw
 
 from relaybox import events
-from relaybox.db import write_tx
+from relaybox.db import for_update, write_tx
 from relaybox.models import Message, MessageEvent, PRIORITY_NAMES
 from relaybox.timeutil import iso, now_ms
 
@@ -186,7 +186,7 @@ def transition(
 ) -> bool:
     """Move one message to ``new`` if allowed; write timeline + event. True when it moved."""
     with write_tx():
-        m = Message.get_or_none(Message.id == message_id)
+        m = for_update(Message.select().where(Message.id == message_id)).first()
         if m is None or new not in ALLOWED.get(m.status, ()):
             return False
         if expect_channel is not None and m.channel_id != expect_channel:
@@ -256,7 +256,7 @@ def requeue_for_failover(message_id: str, channel_id: str, error_code: str, erro
                    expect_channel=channel_id)
         return "failed"
     with write_tx():
-        m = Message.get_by_id(message_id)
+        m = for_update(Message.select().where(Message.id == message_id)).get()
         if m.status != "dispatched" or m.channel_id != channel_id:
             return m.status
         at = now_ms()
