@@ -49,6 +49,7 @@ URC_PREFIXES: dict[str, int] = {
     "+CDS:": 1,
     "+CBM:": 1,
     "+CUSD:": 0,
+    "+CMGS:": 0,  # only when no AT+CMGS is waiting: a late answer after a timeout
     "RING": 0,
     "+CRING:": 0,
     "+CLIP:": 0,
