@@ -88,9 +88,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     app = create_app(config)
     runtime = app.extensions["relaybox"]
+    # channel_request_lookahead=1 keeps a connection readable while its request runs, so a phone
+    # that drops its SSE stream is noticed at once (environ["waitress.client_disconnected"]).
     server = create_server(app, host=config.host, port=config.port, threads=config.threads,
-                           channel_timeout=300, connection_limit=1000, ident="relaybox")
+                           channel_timeout=300, connection_limit=1000, ident="relaybox",
+                           channel_request_lookahead=1)
     runtime.base_url = f"http://{config.host}:{server.effective_port}"
+    runtime.http_server = server  # phones' SSE streams each hold a thread; the hub grows the pool
     runtime.start()
 
     def _term(signum: int, frame: Any) -> None:
