@@ -1538,10 +1538,17 @@ class SimulatedDevice:
             )
         return True
 
-    def reported_states(self, message_id: str) -> list[str]:
-        """Message-level states successfully PATCHed for ``message_id``, in send order."""
+    def reported_states(self, message_id: str, *, resends: bool = True) -> list[str]:
+        """Message-level states successfully PATCHed for ``message_id``, in send order.
+
+        ``resends=False`` leaves out the state re-sent because a held message was pulled
+        again (§4.4); those depend on pull timing, the state changes do not."""
         with self._lock:
-            return [r.state for r in self.reports if r.message_id == message_id]
+            return [
+                r.state
+                for r in self.reports
+                if r.message_id == message_id and (resends or r.trigger != "resend")
+            ]
 
     def reported_recipient_states(self, message_id: str, phone: str) -> list[str]:
         """Recipient-level states successfully PATCHed for one number, in send order."""
