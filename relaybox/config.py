@@ -39,6 +39,17 @@ class ModemConfig(BaseModel):
     per_day: int | None = None
 
 
+class PriceConfig(BaseModel):
+    """One ``[[price]]`` table: the price of one SMS segment to numbers starting with ``prefix``
+    (the longest matching prefix wins; ``price_default`` covers the rest)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prefix: str = Field(pattern=r"^\+[0-9]{1,15}$")
+    per_segment: float = Field(ge=0, le=1000)
+    label: str | None = Field(None, max_length=40)
+
+
 class ConfigError(Exception):
     """A setting is wrong; the message names it. The CLI exits 2 with it."""
 
@@ -105,6 +116,26 @@ class Config(BaseSettings):
     otp_account_max_sends: int = Field(500, ge=1, le=1_000_000)
     otp_account_window: int = Field(3600, ge=60, le=86400)
     otp_lockout_seconds: int = Field(60, ge=1, le=86400)
+    # Accounts and traffic control (relaybox.limits, relaybox.billing); 0 turns a limit off.
+    # Per API key: a token bucket of api_rate_limit requests, refilled over api_rate_window s.
+    api_rate_limit: int = Field(6000, ge=0, le=10_000_000)
+    api_rate_window: int = Field(60, ge=1, le=86400)
+    # At most this many messages from one account to one number in any hour (loops, pumping).
+    recipient_hourly_cap: int = Field(0, ge=0, le=1_000_000)
+    # Messages handed to one channel per UTC day; channel_daily_caps overrides it per channel id
+    # (RELAYBOX_CHANNEL_DAILY_CAPS='{"sandbox": 500}').
+    channel_daily_cap: int = Field(0, ge=0, le=10_000_000)
+    channel_daily_caps: dict[str, Annotated[int, Field(ge=0, le=10_000_000)]] = Field(default_factory=dict)
+    # Destination countries (ISO 3166 codes, or "*" for any); empty means the countries of the
+    # box's own SIMs. An account's own list (relaybox account limits) wins over this one.
+    allowed_countries: list[str] = Field(default_factory=list)
+    # While a queue is paused: "reject" answers QUEUE_BLOCKED; "hold" accepts and holds messages.
+    pause_mode: Literal["reject", "hold"] = "reject"
+    # Billing (off on a single-business box): a price per segment by destination prefix.
+    billing: bool = False
+    currency: str = Field("USD", pattern=r"^[A-Z]{3}$")
+    price: list[PriceConfig] = Field(default_factory=list)
+    price_default: float | None = Field(None, ge=0, le=1000)
     modem: list[ModemConfig] = Field(default_factory=list)
 
     @classmethod
