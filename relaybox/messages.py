@@ -215,12 +215,19 @@ def claim_for_channel(channel_id: str, limit: int = 100, order: str = "fifo") ->
     claimed: list[Message] = []
     evs = []
     with write_tx():
+        where = ((Message.status == "queued") & (Message.channel_id == channel_id)
+                 & ((Message.send_at.is_null()) | (Message.send_at <= now)))
+        # Traffic control (daily caps, paused queues) narrows the claim, inside this transaction.
+        from relaybox import runtime
+
+        for policy in (runtime.current.claim_policies if runtime.current else ()):
+            limit, extra = policy(channel_id, limit)
+            if extra is not None:
+                where &= extra
+        if limit <= 0:
+            return []
         id_order = Message.id.desc() if order == "lifo" else Message.id
-        candidates = list(
-            Message.select().where(
-                (Message.status == "queued") & (Message.channel_id == channel_id)
-                & ((Message.send_at.is_null()) | (Message.send_at <= now)))
-            .order_by(Message.priority, id_order).limit(limit))
+        candidates = list(Message.select().where(where).order_by(Message.priority, id_order).limit(limit))
         for m in candidates:
             n = (Message.update(status="dispatched", attempts=Message.attempts + 1,
                                 sequence=Message.sequence + 1, dispatched_at=now, updated_at=now,

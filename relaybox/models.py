@@ -88,6 +88,8 @@ class Message(BaseModel):
             (("account", "direction", "id"), False),
             (("status", "channel_id", "priority", "id"), False),
             (("batch", "batch_index"), False),
+            # Per-recipient caps: messages to one number in the last hour (relaybox.limits).
+            (("account", "to_number", "created_at"), False),
         )
 
 
@@ -102,7 +104,8 @@ class MessageEvent(BaseModel):
     detail = JSONField(null=True)
 
     class Meta:
-        indexes = ((("message", "seq"), True),)
+        # (status, at): hand-offs per channel today (daily caps) and queue throughput windows.
+        indexes = ((("message", "seq"), True), (("status", "at"), False))
 
 
 class Event(BaseModel):
@@ -130,3 +133,12 @@ class IdempotencyRecord(BaseModel):
 
     class Meta:
         indexes = ((("account", "key"), True),)
+
+
+class Setting(BaseModel):
+    """Instance-wide flags that every process sharing the database must see (e.g. the admin's
+    queue pause), as JSON values by key."""
+
+    key = pw.CharField(primary_key=True, max_length=64)
+    value = JSONField(null=True)
+    updated_at = pw.BigIntegerField()

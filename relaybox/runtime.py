@@ -73,6 +73,13 @@ class Runtime:
         self.after_accept: list[Callable[[list[Any]], None]] = []   # after commit
         self.message_view_hooks: list[Callable[[Any, dict[str, Any]], None]] = []
         self.ready_checks: list[Callable[[Any], tuple[str, bool, str]]] = []
+        # Traffic control: a channel every filter refuses is skipped by the router (daily cap
+        # reached); claim policies run inside claim_for_channel's transaction and return
+        # (channel_id, limit) -> (new limit, extra WHERE on Message or None) (caps, held queues).
+        self.channel_filters: list[Callable[[Channel], bool]] = []
+        self.claim_policies: list[Callable[[str, int], tuple[int, Any]]] = []
+        # POST /sms/list "tags": (account, tags) -> the numbers of the contacts with those tags.
+        self.tag_recipients: Callable[[Any, list[str]], list[str]] | None = None
         self.started = False
         self._stop = threading.Event()
         self._queue_runner: QueueRunner | None = None
@@ -94,8 +101,18 @@ class Runtime:
             ch.stop()
 
     def instance_paused(self) -> bool:
-        """Instance-wide pause flag (admin); kept in the data dir so it survives a restart."""
-        return os.path.exists(os.path.join(self.config.data_dir, "paused"))
+        """Instance-wide pause flag (admin: ``relaybox queue pause``). A ``Setting`` row, so every
+        process sharing the database sees it and it survives a restart; a ``paused`` file in
+        the data dir also pauses this box."""
+        from relaybox.models import Setting
+
+        row = Setting.get_or_none(Setting.key == "queue_paused")
+        return bool(row is not None and row.value) or os.path.exists(
+            os.path.join(self.config.data_dir, "paused"))
+
+    def usable(self, channel: Channel) -> bool:
+        """Enabled, online and not refused by a channel filter (e.g. its daily cap)."""
+        return channel.enabled() and channel.online() and all(f(channel) for f in self.channel_filters)
 
     def channel_names(self) -> dict[str, str]:
         return {cid: ch.name for cid, ch in self.channels.items()}

@@ -89,7 +89,9 @@ class BatchBody(_Common, _Routing):
 
 
 class ListBody(_Common, _Routing):
-    numbers: list[Any] = Field(min_length=1, max_length=10_000)
+    numbers: list[Any] | None = Field(None, max_length=10_000)
+    tags: list[str] | None = Field(None, min_length=1, max_length=20,
+                                   description="Also send to your contacts that have any of these tags")
     body: SmsText
 
 
@@ -151,8 +153,10 @@ def _assign(rt: Runtime, routing: _Routing, pinned: str | None, scheduled: bool)
 def check_can_send(account: Any) -> None:
     """Account-level gates shared by every sending endpoint (pause, subscription, ...)."""
     rt = _runtime()
-    if account.paused or rt.instance_paused():
-        raise ApiError("QUEUE_BLOCKED", "sending is paused for this account; resume the queue to send")
+    # pause_mode "hold" accepts while paused; the claim policy holds the messages until resume.
+    if rt.config.pause_mode == "reject" and (account.paused or rt.instance_paused()):
+        who = "for this account" if account.paused else "on this box by the admin"
+        raise ApiError("QUEUE_BLOCKED", f"sending is paused {who}; resume the queue to send")
     for gate in rt.send_gates:
         gate(account)
 
@@ -289,7 +293,20 @@ def send_list(body: ListBody):
     items: list[NewMessage] = []
     from relaybox.api.common import normalize_e164
 
-    for i, raw in enumerate(body.numbers):
+    numbers = list(body.numbers or [])
+    if body.tags:
+        if rt.tag_recipients is None:
+            raise invalid("tags", "the recipient directory is not available")
+        tagged = rt.tag_recipients(account, body.tags)
+        if not tagged:
+            raise invalid("tags", "none of your contacts has these tags")
+        numbers += tagged
+    if not numbers:
+        raise invalid("numbers", "give at least one number (or tags of your contacts)")
+    if len(numbers) > 10_000:
+        raise invalid("numbers", "at most 10,000 numbers, the tagged contacts included")
+
+    for i, raw in enumerate(numbers):
         try:
             if not isinstance(raw, str):
                 raise ValueError("must be a string")
@@ -318,7 +335,7 @@ def send_list(body: ListBody):
         Batch.create(id=batch_id, account=account, kind="list", total=len(items), from_number=body.from_,
                      created_at=now)
         rows, evs = accept(items, now)
-        data = {"batch_id": batch_id, "job_id": batch_id, "total": len(body.numbers), "accepted": len(rows),
+        data = {"batch_id": batch_id, "job_id": batch_id, "total": len(numbers), "accepted": len(rows),
                 "duplicates_removed": duplicates, "rejected": rejected,
                 "status": rows[0].status if rows else "queued"}
         g.idem.store(202, data)

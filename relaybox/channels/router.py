@@ -64,7 +64,7 @@ class Router:
 
     def best_channel(self, exclude: set[str] | None = None) -> str | None:
         candidates = [ch for ch in self.runtime.channels.values()
-                      if ch.enabled() and ch.online() and ch.id not in (exclude or set())]
+                      if self.runtime.usable(ch) and ch.id not in (exclude or set())]
         if not candidates:
             return None
         with self._lock:
@@ -85,7 +85,7 @@ class Router:
     # -- background routing ---------------------------------------------------------------
     def route_pending(self, limit: int = 2000) -> int:
         """Assign queued messages that have no (usable) channel. Returns how many moved."""
-        online = {cid for cid, ch in self.runtime.channels.items() if ch.enabled() and ch.online()}
+        online = {cid for cid, ch in self.runtime.channels.items() if self.runtime.usable(ch)}
         # A message waiting on a channel that went away or offline before claiming it is
         # released (unless the caller pinned it to that channel).
         stale = (Message.update(channel_id=None)
