@@ -6,6 +6,7 @@ returns a :class:`RelayboxServer` with a ready ``requests`` session carrying the
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -13,8 +14,10 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import requests
@@ -61,7 +64,9 @@ class RelayboxServer:
         self.log_path = data_dir / "server.log"
         init = subprocess.run(self._cmd("init", "--json"), env=env, capture_output=True, text=True, timeout=60)
         assert init.returncode == 0, init.stderr
-        created = json.loads(init.stdout.strip().splitlines()[-1])
+        lines = init.stdout.strip().splitlines()
+        # On a database another server already initialised (scale-out tests) init prints no key.
+        created = json.loads(lines[-1]) if lines else {"account_id": None, "api_key": None}
         self.account_id: str = created["account_id"]
         self.key: str = created["api_key"]
 
@@ -126,22 +131,75 @@ class RelayboxServer:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
 
-def _env(settings: dict[str, Any]) -> dict[str, str]:
+# -- scale-out runs: every server gets its own PostgreSQL database and Redis db -----------------
+_scale_seq = itertools.count(1)
+
+
+def fresh_postgres_url(outer: str, cleanups: list[Callable[[], None]]) -> str:
+    """CREATE a new, empty database next to ``outer``'s (same server, user); dropped at teardown."""
+    import psycopg2
+
+    parts = urlsplit(outer)
+    name = f"rbt_{os.getpid()}_{next(_scale_seq)}_{uuid.uuid4().hex[:6]}"
+    con = psycopg2.connect(outer)
+    con.autocommit = True
+    try:
+        with con.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+    finally:
+        con.close()
+
+    def drop() -> None:
+        con = psycopg2.connect(outer)
+        con.autocommit = True
+        try:
+            with con.cursor() as cur:
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            con.close()
+
+    cleanups.append(drop)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+def fresh_redis_url(outer: str) -> str:
+    """A Redis db number of its own (emptied first), on ``outer``'s server."""
+    import redis
+
+    client = redis.Redis.from_url(outer)
+    try:
+        count = int(client.config_get("databases").get("databases", 16))
+    except redis.RedisError:
+        count = 16
+    base = urlsplit(outer)
+    first = int(base.path.strip("/") or 0)
+    # Spread over every db but the outer one; pid keeps concurrent pytest runs apart.
+    number = (first + 1 + (os.getpid() * 7 + next(_scale_seq)) % (count - 1)) % count
+    redis.Redis.from_url(urlunsplit(base._replace(path=f"/{number}"))).flushdb()
+    return urlunsplit(base._replace(path=f"/{number}"))
+
+
+def _env(settings: dict[str, Any], cleanups: list[Callable[[], None]] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYBOX_")}
     env["PYTHONUNBUFFERED"] = "1"
     for k, v in settings.items():
         env["RELAYBOX_" + k.upper()] = str(v).lower() if isinstance(v, bool) else str(v)
-    # Scale-out runs of the suite point every server at PostgreSQL/Redis (see .ci/run).
-    for k in ("DATABASE", "QUEUE"):
-        outer = os.environ.get("RELAYBOX_TEST_" + k)
-        if outer and "RELAYBOX_" + k not in env:
-            env["RELAYBOX_" + k] = outer
+    # Scale-out runs of the suite point every server at PostgreSQL/Redis (see .ci/run), each
+    # server on a database and Redis db of its own, as each gets a data dir of its own.
+    outer_db = os.environ.get("RELAYBOX_TEST_DATABASE")
+    if outer_db and "RELAYBOX_DATABASE" not in env:
+        env["RELAYBOX_DATABASE"] = (fresh_postgres_url(outer_db, cleanups) if cleanups is not None
+                                    and outer_db.startswith("postgres") else outer_db)
+    outer_q = os.environ.get("RELAYBOX_TEST_QUEUE")
+    if outer_q and "RELAYBOX_QUEUE" not in env:
+        env["RELAYBOX_QUEUE"] = fresh_redis_url(outer_q) if outer_q.startswith("redis") else outer_q
     return env
 
 
 @pytest.fixture
 def server_factory(tmp_path: Path) -> Iterator[Callable[..., RelayboxServer]]:
     servers: list[RelayboxServer] = []
+    cleanups: list[Callable[[], None]] = []
 
     def make(config_text: str | None = None, start: bool = True, data_dir: Path | None = None,
              **settings: Any) -> RelayboxServer:
@@ -152,13 +210,18 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., RelayboxServer]]:
             cfg = d / "config.toml"
             cfg.write_text(config_text)
         settings.setdefault("log_level", "INFO")
-        srv = RelayboxServer(d, _env(settings), cfg)
+        srv = RelayboxServer(d, _env(settings, cleanups), cfg)
         servers.append(srv)
         return srv.start() if start else srv
 
     yield make
     for s in servers:
         s.stop()
+    for drop in cleanups:
+        try:
+            drop()
+        except Exception as exc:  # noqa: BLE001 - a leftover test database is not a failure
+            print(f"cleanup failed: {exc}")
 
 
 @pytest.fixture
