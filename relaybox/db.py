@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import peewee
 from playhouse.db_url import connect
@@ -40,11 +42,23 @@ def is_sqlite() -> bool:
     return isinstance(db.obj, peewee.SqliteDatabase)
 
 
-def write_tx() -> Any:
-    """A write transaction; on SQLite it takes the write lock at BEGIN (IMMEDIATE)."""
-    if is_sqlite():
-        return db.atomic("IMMEDIATE")
-    return db.atomic()
+# SQLite allows one writer at a time. Its busy handler waits by sleeping (up to 100 ms a
+# nap), which turns contention between our own threads into latency spikes; a process-wide
+# lock queues our writers instead and wakes the next one at once. BEGIN IMMEDIATE still guards
+# against other processes (backup, CLI).
+_sqlite_write_lock = threading.RLock()
+
+
+@contextmanager
+def write_tx() -> Iterator[Any]:
+    """A write transaction; on SQLite serialised in-process and IMMEDIATE (lock taken at BEGIN)."""
+    if not is_sqlite():
+        with db.atomic() as tx:
+            yield tx
+        return
+    with _sqlite_write_lock:
+        with db.atomic("IMMEDIATE") as tx:
+            yield tx
 
 
 def for_update(query: Any) -> Any:
@@ -65,6 +79,40 @@ class JSONField(peewee.TextField):
 
     def python_value(self, value: str | None) -> Any:
         return None if value is None else json.loads(value)
+
+
+_insert_sql: dict[str, str] = {}
+
+
+def fast_insert(model: type[peewee.Model], rows: list[dict[str, Any]]) -> None:
+    """INSERT many rows with one cached statement and ``executemany``.
+
+    The accept path writes three rows per message; building each statement with peewee's
+    query compiler cost more than the write itself. Values go through each field's
+    ``db_value`` so JSON and booleans are stored exactly as peewee would store them.
+    """
+    if not rows:
+        return
+    # Every column, so fields added later get their Python-side defaults (peewee puts no
+    # DEFAULT in the schema).
+    fields = [f for f in model._meta.sorted_fields if not isinstance(f, peewee.AutoField)]
+    key = model._meta.table_name
+    sql = _insert_sql.get(key)
+    if sql is None:
+        database = db.obj
+        cols = ", ".join(f'"{f.column_name}"' for f in fields)
+        marks = ", ".join([database.param] * len(fields))
+        sql = _insert_sql[key] = (f'INSERT INTO "{model._meta.table_name}" ({cols}) '
+                                  f"VALUES ({marks})")
+    defaults = {f.name: f.default for f in fields}
+    values = []
+    for r in rows:
+        row = []
+        for f in fields:
+            v = r[f.name] if f.name in r else defaults[f.name]
+            row.append(f.db_value(v() if callable(v) else v))
+        values.append(tuple(row))
+    db.cursor().executemany(sql, values)
 
 
 class BaseModel(peewee.Model):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
+from relaybox.db import fast_insert
 from relaybox.ids import new_id
 from relaybox.models import Event
 from relaybox.timeutil import now_ms
@@ -37,10 +38,9 @@ def record(account_id: str | None, type_: str, payload: dict[str, Any], message_
 def record_many(rows: list[dict[str, Any]]) -> list[Event]:
     """Bulk form of :func:`record` for batches; each row has account, type, payload, message_id."""
     now = now_ms()
-    events = [Event(id=new_id("evt"), created_at=now, **r) for r in rows]
-    if events:
-        Event.bulk_create(events, batch_size=200)
-    return events
+    dicts = [{"id": new_id("evt"), "created_at": now, **r} for r in rows]
+    fast_insert(Event, dicts)
+    return [Event(**d) for d in dicts]
 
 
 def publish(events: list[Event]) -> None:

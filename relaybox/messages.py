@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 import peewee as pw
 
 from relaybox import events
-from relaybox.db import for_update, write_tx
+from relaybox.db import fast_insert, for_update, write_tx
 from relaybox.models import Message, MessageEvent, PRIORITY_NAMES
 from relaybox.timeutil import iso, now_ms
 
@@ -126,28 +126,29 @@ def accept(items: Iterable[NewMessage], now: int | None = None) -> tuple[list[Me
     """
     now = now or now_ms()
     rows: list[Message] = []
+    msg_rows: list[dict[str, Any]] = []
     timeline: list[dict[str, Any]] = []
     evs: list[dict[str, Any]] = []
     for it in items:
         status = "scheduled" if it.send_at and it.send_at > now else "queued"
-        m = Message(
+        fields = dict(
             id=it.id, account=it.account_id, client_reference_id=it.client_reference_id or it.id,
             direction="outbound", to_number=it.to, from_number=it.from_number, body=it.body,
             status=status, segments=it.segments, encoding=it.encoding, metadata=it.metadata,
             status_callback=it.status_callback, batch=it.batch_id, batch_index=it.batch_index,
             device_hint=it.device_hint, channel_id=it.channel_id, priority=it.priority,
-            send_at=it.send_at, expires_at=it.expires_at, attempts=0, sequence=2,
+            send_at=it.send_at, expires_at=it.expires_at, attempts=0, sequence=2, report_expected=True,
             created_at=now, queued_at=now if status == "queued" else None, updated_at=now,
         )
+        msg_rows.append(fields)
+        m = Message(**fields)
         rows.append(m)
-        timeline.append({"message": it.id, "seq": 1, "status": "accepted", "at": now})
-        timeline.append({"message": it.id, "seq": 2, "status": status, "at": now,
-                         "channel_id": it.channel_id})
+        timeline.append({"message": it.id, "seq": 1, "status": "accepted", "at": now, "channel_id": None})
+        timeline.append({"message": it.id, "seq": 2, "status": status, "at": now, "channel_id": it.channel_id})
         evs.append({"account": it.account_id, "type": "message.status", "message_id": it.id,
                     "payload": status_payload(m, status, now)})
-    Message.bulk_create(rows, batch_size=100)
-    for i in range(0, len(timeline), 200):
-        MessageEvent.insert_many(timeline[i:i + 200]).execute()
+    fast_insert(Message, msg_rows)
+    fast_insert(MessageEvent, timeline)
     return rows, events.record_many(evs)
 
 
