@@ -1412,14 +1412,7 @@ class ModemDriver:
         elif name in ("+CMT", "+CDS") and urc.body:
             task = ("routed", urc.body)
         elif name == "+CUSD":
-            numbers = _ints(value.split(",")[0])
-            texts = _quoted(value)
-            tail = _ints(value.rsplit('"', 1)[-1]) if texts else []
-            self._ussd_reply = (
-                numbers[0] if numbers else 2,
-                texts[0] if texts else "",
-                tail[0] if tail else None,
-            )
+            self._ussd_reply = _parse_cusd(value)
             self._ussd_event.set()
         elif name == "^RSSI":
             numbers = _ints(value)
@@ -1647,10 +1640,14 @@ class ModemDriver:
         self._ussd_reply = None
         code = job.code.replace('"', "")
         try:
-            self._at(f'AT+CUSD=1,"{code}",15', self.config.timeouts.basic)
+            reply = self._at(f'AT+CUSD=1,"{code}",15', self.config.timeouts.basic)
         except CommandError as exc:
             job.future.set_exception(ModemUnavailable(f"USSD refused: {exc.final}"))
             return
+        early = reply.first("+CUSD:")  # some modems answer before their OK
+        if early is not None:
+            self._ussd_reply = _parse_cusd(early)
+            self._ussd_event.set()
         limit = max(
             0.0, min(self.config.timeouts.ussd, job.deadline - time.monotonic())
         )
@@ -1664,6 +1661,18 @@ class ModemDriver:
         if status == 1:
             self._at_quiet("AT+CUSD=2")  # we do not do menus: close the session
         job.future.set_result(UssdResult(status, _decode_ussd(text, dcs), dcs))
+
+
+def _parse_cusd(value: str) -> tuple[int, str, int | None]:
+    """``+CUSD: <m>[,"<text>"[,<dcs>]]`` -> (m, text, dcs)."""
+    numbers = _ints(value.split(",")[0])
+    texts = _quoted(value)
+    tail = _ints(value.rsplit('"', 1)[-1]) if texts else []
+    return (
+        numbers[0] if numbers else 2,
+        texts[0] if texts else "",
+        tail[0] if tail else None,
+    )
 
 
 def _decode_ussd(text: str, dcs: int | None) -> str:

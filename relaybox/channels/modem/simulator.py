@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Self
 
+from relaybox.channels.modem.at import mask_line
 from relaybox.sms import pdu
 
 log = logging.getLogger("relaybox.modem.sim")
@@ -508,7 +509,7 @@ class ModemSimulator:
             line = line.strip().strip("\x1a\x1b\n").strip()
             if line:
                 self.commands.append(line)
-                log.debug("%s: <- %s", self.name, line)
+                log.debug("%s: <- %s", self.name, mask_line(line))
                 self._command(line)
 
     # -- commands ------------------------------------------------------------------------------
