@@ -31,9 +31,9 @@ from relaybox.channels.modem.driver import (
     ModemTimeouts,
     SendResult,
     classify_error,
-    numbers_match,
     scan,
 )
+from relaybox.channels.modem.reports import numbers_match
 from relaybox.channels.modem.simulator import ModemSimulator
 from relaybox.sms import pdu
 

@@ -30,10 +30,7 @@ USSD §1.7, error classes and resets §1.8.
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import logging
-import os
 import random
 import re
 import threading
@@ -44,8 +41,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-
-from serial.tools import list_ports
 
 from relaybox.channels.modem.at import (
     ESC,
@@ -60,7 +55,23 @@ from relaybox.channels.modem.at import (
     SubmitUnconfirmed,
     Urc,
 )
+from relaybox.channels.modem.inbound import InboundCollector, InboundSms, Offer, Slot
+from relaybox.channels.modem.reports import ReportTracker, SentMessage
+from relaybox.channels.modem.scan import PortCandidate, scan
 from relaybox.sms import pdu
+
+__all__ = [
+    "InboundSms",
+    "ModemConfig",
+    "ModemDriver",
+    "ModemTimeouts",
+    "ModemUnavailable",
+    "PortCandidate",
+    "SendResult",
+    "UssdResult",
+    "classify_error",
+    "scan",
+]
 
 log = logging.getLogger("relaybox.modem")
 
@@ -226,21 +237,6 @@ class SendResult:
 
 
 @dataclass(frozen=True)
-class InboundSms:
-    """A received SMS. ``key`` is stable across re-reads of the same SIM copy: use it to
-    make storing idempotent (the driver offers a message again if commit never came)."""
-
-    modem: str
-    sender: str
-    text: str
-    received_at: datetime  # SMSC timestamp, or arrival time when the PDU has none
-    smsc: str | None
-    parts: int
-    complete: bool  # False when parts went missing past multipart_timeout
-    key: str
-
-
-@dataclass(frozen=True)
 class UssdResult:
     status: (
         int  # 0 done, 1 network wants a reply (we close it), 2 released, 4 unsupported
@@ -254,24 +250,6 @@ class ModemUnavailable(Exception):
 
 
 @dataclass
-class _Part:
-    seq: int
-    mr: int | None = None
-    status: str | None = None  # delivered / pending / failed / unknown
-    raw: dict[str, Any] | None = None
-
-
-@dataclass
-class _Tracked:
-    msg_key: str
-    to: str
-    sent_at: float
-    parts: list[_Part]
-    unconfirmed: bool = False
-    final: bool = False
-
-
-@dataclass
 class _SendJob:
     msg_key: str
     to: str
@@ -281,7 +259,7 @@ class _SendJob:
     future: Future[SendResult]
     pdus: list[pdu.SubmitPdu] | None = None
     refs: list[int] = field(default_factory=list)
-    tracked: _Tracked | None = None
+    tracked: SentMessage | None = None
     started: bool = False
 
 
@@ -292,16 +270,6 @@ class _UssdJob:
     future: Future[UssdResult]
 
 
-@dataclass
-class _Claim:
-    """A storage slot the driver has seen: waiting for other parts, for the app's commit, or
-    ignored (undecodable / our own stored SUBMIT). Sweeps skip claimed slots."""
-
-    hex: str
-    kind: str  # part / commit / ignored
-    since: float = field(default_factory=time.monotonic)
-
-
 class _Parked(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
@@ -310,23 +278,6 @@ class _Parked(Exception):
 
 def _noop(*args: Any) -> None:
     return None
-
-
-def _digits(number: str) -> str:
-    return re.sub(r"\D", "", number)
-
-
-def numbers_match(a: str, b: str) -> bool:
-    """Same subscriber? Reports may carry the number in national form, so compare the
-    last 9 digits when either side is that long (gammu matches on the full number and
-    misses those reports)."""
-    da, db = _digits(a), _digits(b)
-    if not da or not db:
-        return a == b
-    if da == db:
-        return True
-    n = min(len(da), len(db), 9)
-    return n >= 7 and da[-n:] == db[-n:]
 
 
 def _signal(rssi: int | None) -> dict[str, Any]:
@@ -406,10 +357,10 @@ class ModemDriver:
         self._sweep_mems: list[str] = ["SM"]
         self._report_mode = "none"
         self._concat_ref = random.randrange(256)
-        self._tracked: list[_Tracked] = []
-        self._claims: dict[tuple[str, int], _Claim] = {}
-        self._groups: dict[tuple[str, int, int], list[tuple[str, int]]] = {}
-        self._reassembler = pdu.Reassembler()
+        self._reports = ReportTracker(config.report_window)
+        self._inbound = InboundCollector(
+            config.name, config.multipart_timeout, config.commit_timeout
+        )
         self._ussd_reply: tuple[int, str, int | None] | None = None
         self._ussd_event = threading.Event()
         self._next_health = 0.0
@@ -531,9 +482,7 @@ class ModemDriver:
     def track(self, msg_key: str, to: str, refs: list[int], sent_at: float) -> None:
         """Watch for reports of a message sent before this driver started (e.g. after an app
         restart): ``refs`` as given to ``on_sent``, ``sent_at`` a ``time.time()`` value."""
-        parts = [_Part(i + 1, mr) for i, mr in enumerate(refs)]
-        with self._cv:
-            self._tracked.append(_Tracked(msg_key, to, sent_at, parts))
+        self._reports.restore(msg_key, to, refs, sent_at)
 
     def status(self) -> dict[str, Any]:
         """Health snapshot for ``/devices`` and ``/ready``."""
@@ -1022,7 +971,7 @@ class ModemDriver:
         reply = self._at_quiet("AT+CSCA?")
         current = (_quoted(reply.first("+CSCA:") or "") or [""])[0] if reply else ""
         wanted = self.config.smsc
-        if wanted and _digits(wanted) != _digits(current):
+        if wanted and re.sub(r"\D", "", wanted) != re.sub(r"\D", "", current):
             toa = 145 if wanted.startswith("+") else 129
             if self._at_quiet(f'AT+CSCA="{wanted}",{toa}') is None:
                 log.warning(
@@ -1164,31 +1113,15 @@ class ModemDriver:
         self._callback(self.on_health, self.status())
 
     def _housekeeping(self) -> None:
-        now = time.monotonic()
-        # Reports older than the window will not come; forget those messages.
-        horizon = time.time() - self.config.report_window
-        with self._cv:
-            self._tracked = [
-                t for t in self._tracked if not t.final and t.sent_at >= horizon
-            ]
-        # Inbound the app never committed: offer it again (same key) on the next sweep.
-        for slot, claim in list(self._claims.items()):
-            if (
-                claim.kind == "commit"
-                and now - claim.since > self.config.commit_timeout
-            ):
-                del self._claims[slot]
-        # Concatenations that never completed: deliver what arrived.
-        for key, parts in self._reassembler.expire(self.config.multipart_timeout):
-            slots = self._groups.pop(key, [])
+        self._reports.expire()  # past the report window nothing more will come
+        for offer in self._inbound.expire():  # concatenations that never completed
             log.warning(
-                "%s: delivering an incomplete message from %s (%d/%d parts)",
+                "%s: delivering an incomplete message from %s (%d parts)",
                 self.name,
-                key[0],
-                len(parts),
-                key[2],
+                offer.message.sender,
+                offer.message.parts,
             )
-            self._offer_inbound(parts, pdu.join_parts(parts), slots, complete=False)
+            self._offer(offer)
 
     # -- sending (MODEM.md §1.3/§1.4) ------------------------------------------------------------
 
@@ -1218,11 +1151,7 @@ class ModemDriver:
                     ),
                 )
                 return
-            job.tracked = _Tracked(
-                job.msg_key, job.to, time.time(), [_Part(p.seq) for p in job.pdus]
-            )
-            with self._cv:
-                self._tracked.append(job.tracked)
+            job.tracked = self._reports.add(job.msg_key, job.to, len(job.pdus))
         assert job.tracked is not None
         port = self._port
         assert port is not None
@@ -1242,8 +1171,7 @@ class ModemDriver:
                     break
                 except SubmitUnconfirmed as exc:
                     self._timeouts += 1
-                    job.tracked.unconfirmed = True
-                    job.tracked.parts[len(job.refs)].mr = None
+                    self._reports.unconfirmed(job.tracked, len(job.refs))
                     log.warning(
                         "%s: %s: part %d/%d unconfirmed: %s",
                         self.name,
@@ -1319,7 +1247,7 @@ class ModemDriver:
             cls, "MODEM_ERROR"
         )
         if job.tracked is not None and not job.refs:
-            job.tracked.final = True  # nothing went out: no report will come
+            self._reports.abandon(job.tracked)  # nothing went out: no report will come
         return SendResult(
             job.msg_key,
             FAILED,
@@ -1339,64 +1267,9 @@ class ModemDriver:
     # -- delivery reports (MODEM.md §1.5) --------------------------------------------------------
 
     def _handle_report(self, report: pdu.StatusReport, hex_pdu: str) -> None:
-        """Match by TP-MR + number + time window; decide the message when it is decided."""
-        now = time.time()
-        scts = report.scts.timestamp() if report.scts else now
-        with self._cv:
-            live = [
-                t
-                for t in self._tracked
-                if not t.final
-                and now - t.sent_at <= self.config.report_window
-                and numbers_match(t.to, report.recipient)
-            ]
-        candidates = [
-            (t, p)
-            for t in live
-            for p in t.parts
-            if p.mr == report.reference and p.status not in ("delivered", "failed")
-        ]
-        if not candidates:
-            # A part whose +CMGS never came (unknown outcome) may still be proven delivered.
-            candidates = [
-                (t, p)
-                for t in live
-                if t.unconfirmed
-                for p in t.parts
-                if p.mr is None and p.status is None
-            ]
-        if not candidates:
-            log.info(
-                "%s: status report for mr=%d matches no sent message",
-                self.name,
-                report.reference,
-            )
-            return
-        tracked, part = min(candidates, key=lambda tp: abs(tp[0].sent_at - scts))
-        status = report.classification
-        part.status = status
-        part.raw = {
-            "tp_status": report.status,
-            "tp_status_hex": f"0x{report.status:02X}",
-            "classification": status,
-            "reference": report.reference,
-            "part": part.seq,
-            "parts": len(tracked.parts),
-            "recipient": report.recipient,
-            "scts": report.scts.isoformat() if report.scts else None,
-            "discharge": report.discharge.isoformat() if report.discharge else None,
-            "pdu": hex_pdu,
-        }
-        raw = dict(part.raw, all_parts=[p.raw for p in tracked.parts])
-        if status == pdu.FAILED:
-            tracked.final = True
-            self._callback(self.on_status, tracked.msg_key, "failed", raw)
-        elif status == pdu.DELIVERED:
-            if all(p.status == pdu.DELIVERED for p in tracked.parts):
-                tracked.final = True
-                self._callback(self.on_status, tracked.msg_key, "delivered", raw)
-        else:
-            self._callback(self.on_status, tracked.msg_key, status, raw)
+        event = self._reports.match(report, hex_pdu)
+        if event is not None:
+            self._callback(self.on_status, event.msg_key, event.status, event.raw)
 
     # -- inbound (MODEM.md §1.6) -----------------------------------------------------------------
 
@@ -1447,21 +1320,9 @@ class ModemDriver:
             self._needs_init = True
 
     def _late_reference(self, mr: int) -> None:
-        """A ``+CMGS`` that came after we gave up: attach it to the newest unconfirmed part
-        so its report can still be matched."""
-        with self._cv:
-            for tracked in reversed(self._tracked):
-                if tracked.unconfirmed:
-                    for part in tracked.parts:
-                        if part.mr is None and part.status is None:
-                            part.mr = mr
-                            log.info(
-                                "%s: late +CMGS %d attached to %s",
-                                self.name,
-                                mr,
-                                tracked.msg_key,
-                            )
-                            return
+        msg_key = self._reports.late_reference(mr)
+        if msg_key is not None:
+            log.info("%s: late +CMGS %d attached to %s", self.name, mr, msg_key)
 
     def _select_mem(self, mem: str) -> bool:
         if mem == self._read_mem:
@@ -1472,7 +1333,7 @@ class ModemDriver:
         return True
 
     def _read_slot(self, mem: str, index: int) -> None:
-        if (mem, index) in self._claims or not self._select_mem(mem):
+        if self._inbound.claimed((mem, index)) or not self._select_mem(mem):
             return
         try:
             reply = self._at(f"AT+CMGR={index}", self.config.timeouts.read)
@@ -1495,99 +1356,44 @@ class ModemDriver:
                 continue
             listed: dict[int, str] = {}
             header: int | None = None
-            for line in reply.lines:
+            for line in reply.lines:  # "+CMGL: <index>,<stat>,[<alpha>],<length>" + PDU
                 if line.startswith("+CMGL:"):
                     numbers = _ints(line[6:])
                     header = numbers[0] if numbers else None
                 elif header is not None:
                     listed[header] = line
                     header = None
-            for (cmem, cindex), claim in list(self._claims.items()):
-                if (
-                    cmem == mem
-                    and listed.get(cindex) != claim.hex
-                    and claim.kind != "part"
-                ):
-                    del self._claims[
-                        (cmem, cindex)
-                    ]  # gone or replaced: forget the claim
+            self._inbound.reconcile(mem, listed)
             for index, hex_pdu in listed.items():
                 self._process_pdu(hex_pdu, (mem, index))
 
-    def _process_pdu(self, hex_pdu: str, slot: tuple[str, int] | None) -> None:
-        if slot is not None:
-            claim = self._claims.get(slot)
-            if claim is not None and claim.hex == hex_pdu:
-                return
+    def _process_pdu(self, hex_pdu: str, slot: Slot | None) -> None:
+        """One PDU from storage (``slot``) or routed in a URC (``None``)."""
+        if slot is not None and self._inbound.claimed(slot, hex_pdu):
+            return
         try:
             decoded = pdu.decode_pdu(hex_pdu)
         except ValueError as exc:
-            log.warning(
-                "%s: undecodable PDU in %s: %s", self.name, slot or "a routed URC", exc
-            )
+            where = f"{slot[0]} slot {slot[1]}" if slot else "a routed URC"
+            log.warning("%s: undecodable PDU in %s: %s", self.name, where, exc)
             if slot is not None:
-                self._claims[slot] = _Claim(hex_pdu, "ignored")
+                self._inbound.ignore(slot, hex_pdu)
             return
         if isinstance(decoded, pdu.StatusReport):
             self._handle_report(decoded, hex_pdu)
             if slot is not None:
                 self._delete_slots([slot])
         elif isinstance(decoded, pdu.Deliver):
-            self._handle_deliver(decoded, slot, hex_pdu)
+            offer = self._inbound.add(decoded, slot, hex_pdu)
+            if offer is not None:
+                self._offer(offer)
         elif slot is not None:
-            self._claims[slot] = _Claim(hex_pdu, "ignored")  # a stored SUBMIT: not ours
+            self._inbound.ignore(slot, hex_pdu)  # a stored SUBMIT: not ours to touch
 
-    def _handle_deliver(
-        self, part: pdu.Deliver, slot: tuple[str, int] | None, hex_pdu: str
-    ) -> None:
-        concat = part.concat
-        if concat is None or concat.total == 1:
-            self._offer_inbound(
-                (part,),
-                part.text,
-                [slot] if slot else [],
-                complete=True,
-                hexes={slot: hex_pdu} if slot else {},
-            )
-            return
-        key = (part.sender, concat.ref, concat.total)
-        if slot is not None:
-            self._claims[slot] = _Claim(hex_pdu, "part")
-            self._groups.setdefault(key, []).append(slot)
-        assembled = self._reassembler.add(part)
-        if assembled is not None:
-            slots = self._groups.pop(key, [])
-            self._offer_inbound(assembled.parts, assembled.text, slots, complete=True)
-
-    def _offer_inbound(
-        self,
-        parts: tuple[pdu.Deliver, ...],
-        text: str,
-        slots: list[tuple[str, int]],
-        *,
-        complete: bool,
-        hexes: dict[tuple[str, int], str] | None = None,
-    ) -> None:
-        first = parts[0]
-        received = first.scts or datetime.now(UTC)
-        key = hashlib.sha256(
-            f"{first.sender}|{received.isoformat()}|{text}".encode()
-        ).hexdigest()[:32]
-        message = InboundSms(
-            self.name,
-            first.sender,
-            text,
-            received,
-            first.smsc,
-            len(parts),
-            complete,
-            key,
-        )
-        for slot in slots:
-            claim = self._claims.get(slot)
-            hex_pdu = (hexes or {}).get(slot) or (claim.hex if claim else "")
-            self._claims[slot] = _Claim(hex_pdu, "commit")
+    def _offer(self, offer: Offer) -> None:
+        """Hand a message to the app; its SIM copy is deleted when the app commits."""
         committed = threading.Event()
+        slots = list(offer.slots)
 
         def commit() -> None:
             """Called by the app once the message is stored: now the SIM copy may go."""
@@ -1596,24 +1402,22 @@ class ModemDriver:
             committed.set()
             if slots:
                 with self._cv:
-                    self._tasks.append(("delete", list(slots)))
+                    self._tasks.append(("delete", slots))
                     self._cv.notify_all()
 
+        message = offer.message
         log.info(
             "%s: inbound SMS from %s (%d part%s)",
             self.name,
-            first.sender,
-            len(parts),
-            "" if len(parts) == 1 else "s",
+            message.sender,
+            message.parts,
+            "" if message.parts == 1 else "s",
         )
-        if (
-            not self._callback(self.on_inbound, message, commit)
-            and not committed.is_set()
-        ):
-            for slot in slots:  # the app failed: let the next sweep offer it again
-                self._claims.pop(slot, None)
+        taken = self._callback(self.on_inbound, message, commit)
+        if not taken and not committed.is_set():
+            self._inbound.release(offer)  # the next sweep offers it again
 
-    def _delete_slots(self, slots: list[tuple[str, int]]) -> None:
+    def _delete_slots(self, slots: list[Slot]) -> None:
         for mem, index in slots:
             if not self._select_mem(mem):
                 continue
@@ -1629,7 +1433,7 @@ class ModemDriver:
                         exc.final,
                     )
                     continue
-            self._claims.pop((mem, index), None)
+            self._inbound.deleted((mem, index))
 
     # -- USSD (MODEM.md §1.7) --------------------------------------------------------------------
 
@@ -1682,91 +1486,3 @@ def _decode_ussd(text: str, dcs: int | None) -> str:
     if ucs2 and re.fullmatch(r"(?:[0-9A-Fa-f]{4})+", text):
         return pdu.ucs2_decode(bytes.fromhex(text))
     return text
-
-
-# -- port discovery -------------------------------------------------------------------------
-
-
-@dataclass
-class PortCandidate:
-    """A serial port that may be a modem. ``path`` is the stable by-id path when one
-    exists: put that in the config, not ``/dev/ttyUSBn``."""
-
-    path: str
-    device: str
-    description: str = ""
-    manufacturer: str | None = None
-    vid: int | None = None
-    pid: int | None = None
-    serial_number: str | None = None
-    responds: bool | None = None  # None: not probed
-    info: list[str] = field(default_factory=list)
-    error: str | None = None
-
-
-def scan(
-    *,
-    probe: bool = True,
-    extra: list[str] | None = None,
-    baudrate: int = 115200,
-    timeout: float = 1.0,
-) -> list[PortCandidate]:
-    """List USB serial ports (and ``extra`` paths) and ask each ``ATI``.
-
-    A 3G/LTE stick exposes several ports and only one or two speak AT, hence the probe. A
-    port another program holds is reported with the reason rather than skipped, because
-    "ModemManager has it" is exactly what the operator needs to learn.
-    """
-    by_id: dict[str, str] = {}
-    for link in sorted(glob.glob("/dev/serial/by-id/*")):
-        by_id.setdefault(os.path.realpath(link), link)
-    found: dict[str, PortCandidate] = {}
-    for info in list_ports.comports():
-        if info.vid is None and not re.search(r"tty(USB|ACM)", info.device):
-            continue  # built-in UARTs and virtual consoles
-        real = os.path.realpath(info.device)
-        found[real] = PortCandidate(
-            path=by_id.get(real, info.device),
-            device=info.device,
-            description=info.description or "",
-            manufacturer=info.manufacturer,
-            vid=info.vid,
-            pid=info.pid,
-            serial_number=info.serial_number,
-        )
-    for real, link in by_id.items():
-        found.setdefault(real, PortCandidate(path=link, device=real))
-    for path in extra or []:
-        found.setdefault(
-            os.path.realpath(path),
-            PortCandidate(path=path, device=os.path.realpath(path)),
-        )
-    candidates = sorted(found.values(), key=lambda c: c.path)
-    if probe:
-        for candidate in candidates:
-            _probe(candidate, baudrate, timeout)
-    return candidates
-
-
-def _probe(candidate: PortCandidate, baudrate: int, timeout: float) -> None:
-    port = ATPort(
-        candidate.path, baudrate, name=f"probe:{os.path.basename(candidate.path)}"
-    )
-    try:
-        port.open()
-    except PortOpenError as exc:
-        candidate.responds = False
-        candidate.error = str(exc)
-        return
-    try:
-        port.write_raw(ESC + b"\r")
-        port.drain(quiet=0.1, limit=0.3)
-        port.command("AT", timeout)
-        candidate.responds = True
-        reply = port.command("ATI", timeout)
-        candidate.info = [line for line in reply.lines if line.strip()]
-    except ATError as exc:
-        candidate.responds = candidate.responds or False
-        candidate.error = str(exc)
-    finally:
-        port.close()
