@@ -536,6 +536,48 @@ def test_sim_without_smsc_parks_unless_configured(sims, drivers):
     assert driver2.send("req_m", TO, "via configured smsc").result(5).outcome == "sent"
 
 
+def test_half_typed_pdu_left_by_a_crash_is_abandoned_not_sent(sims, drivers):
+    sim = sims()
+    crashed = ATPort(sim.path)
+    crashed.open()
+    crashed.command("ATE0")
+    crashed.command("AT+CMGF=0")
+    crashed.write_raw(b"AT+CMGS=23\r")
+    wait_for(lambda: sim._entry is not None, what="SMS entry mode")
+    crashed.write_raw(b"0011000B916407281553F8")  # ...and the process died here
+    crashed.close()
+    driver, _rec = drivers(sim)
+    assert sim.sent == [] and sim._entry is None
+    assert driver.send("req_after", TO, "clean start").result(5).outcome == "sent"
+    assert [p.text for p in sim.sent] == ["clean start"]
+
+
+def test_radio_off_at_boot_is_switched_on(sims, drivers):
+    sim = sims(boot_cfun=4)
+    driver, _rec = drivers(sim)
+    assert "AT+CFUN=1" in sim.commands and sim.cfun == 1
+    assert driver.status()["registered"]
+
+
+def test_reports_for_messages_sent_before_a_restart_are_matched(sims, drivers):
+    sim = sims(first_reference=77)
+    sim.set_report(TO, "none")
+    first, _rec = drivers(sim)
+    refs = first.send("req_old", TO, "sent by the previous process").result(5).refs
+    first.stop()
+    sim.set_report(TO, "delivered")
+    second, rec = drivers(sim)
+    second.track("req_old", TO, refs, time.time() - 5)
+    sim._next_mr = 77  # the network's report for MR 77, as if it came late
+    sim.set_report("+4915112345678", "none")
+    second.send("req_other", "+4915112345678", "takes MR 77 to someone else").result(5)
+    assert rec.status_of("req_old") == []
+    sim._call(lambda: sim._plan_report(77, TO))
+    wait_for(
+        lambda: rec.status_of("req_old") == ["delivered"], what="old message delivered"
+    )
+
+
 # -- SIM PIN -----------------------------------------------------------------------------------
 
 

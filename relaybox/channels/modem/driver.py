@@ -260,7 +260,6 @@ class _SendJob:
     pdus: list[pdu.SubmitPdu] | None = None
     refs: list[int] = field(default_factory=list)
     tracked: SentMessage | None = None
-    started: bool = False
 
 
 @dataclass
@@ -394,12 +393,16 @@ class ModemDriver:
         self._set_state(STOPPED)
 
     def restart(self, config: ModemConfig | None = None) -> None:
-        """Leave the parked state (after the operator fixed the SIM or the config) and
-        initialise again. A PIN the SIM already rejected is still never entered again."""
+        """Initialise again, with ``config`` if given: leaves the parked state once the
+        operator fixed the SIM or the config. A PIN the SIM already rejected is still never
+        entered again (a new ``pin`` value is tried once)."""
         with self._cv:
             if config is not None:
                 self.config = config
-            self._restart_requested = True
+            if self._state == PARKED:
+                self._restart_requested = True
+            else:
+                self._needs_init = True
             self._cv.notify_all()
 
     @property
@@ -427,7 +430,9 @@ class ModemDriver:
 
         ``deadline`` (seconds from now, default ``config.send_deadline``) bounds how long the
         message may wait for the modem; past it, an unstarted send fails ``MODEM_OFFLINE``.
-        The Future and the callbacks report the same :class:`SendResult`.
+        The Future and the callbacks report the same :class:`SendResult`; when the modem is
+        parked or stopped the send fails at once, and ``on_send_failed`` then runs on the
+        caller's thread.
         """
         future: Future[SendResult] = Future()
         limit = self.config.send_deadline if deadline is None else deadline
@@ -435,18 +440,20 @@ class ModemDriver:
             msg_key, to, text, validity_seconds, time.monotonic() + limit, future
         )
         with self._cv:
-            if self._state == PARKED or self._stopping or self._thread is None:
-                reason = self._reason or "the modem driver is not running"
-                code = "MODEM_CONFIG" if self._state == PARKED else "MODEM_OFFLINE"
-                cls = CONFIGURATION if self._state == PARKED else RETRYABLE
-                result = SendResult(
-                    msg_key, FAILED, error_code=code, error_class=cls, detail=reason
-                )
-                future.set_result(result)
-                self._callback(self.on_send_failed, msg_key, result)
+            refused = self._state == PARKED or self._stopping or self._thread is None
+            if not refused:
+                self._jobs.append(job)
+                self._cv.notify_all()
                 return future
-            self._jobs.append(job)
-            self._cv.notify_all()
+        parked = self._state == PARKED
+        result = SendResult(
+            msg_key,
+            FAILED,
+            error_code="MODEM_CONFIG" if parked else "MODEM_OFFLINE",
+            error_class=CONFIGURATION if parked else RETRYABLE,
+            detail=self._reason or "the modem driver is not running",
+        )
+        self._finish(job, result)
         return future
 
     def cancel(self, msg_key: str) -> bool:
@@ -1051,8 +1058,6 @@ class ModemDriver:
                 task = self._tasks.popleft()
             elif self._jobs:
                 job = self._jobs.popleft()
-                if isinstance(job, _SendJob):
-                    job.started = True
             else:
                 now = time.monotonic()
                 wake = min(self._next_health, self._next_sweep)
