@@ -647,9 +647,8 @@ class ATPort:
                 pending.final = line
                 pending.event.set()
                 return None
-            urc = self._match_urc(line)
-            if urc is not None:
-                return urc
+            if self._is_urc(line):
+                return self._start_urc(line)
             if line.startswith("^") and not pending.command.upper().startswith("AT^"):
                 return Urc(
                     line
@@ -657,23 +656,25 @@ class ATPort:
             pending.lines.append(line)
             return None
         # Idle: nothing is waiting for this line.
-        urc = self._match_urc(line)
-        if urc is not None:
-            return urc
+        if self._is_urc(line):
+            return self._start_urc(line)
         if is_final(line):
             log.debug("%s: dropped stray %r", self.name, line)
             return None
         return Urc(line)  # e.g. a late "+CMGS: 12" after a timeout; the driver decides
 
-    def _match_urc(self, line: str) -> Urc | None:
-        for prefix, extra in URC_PREFIXES.items():
-            if line.startswith(prefix):
-                urc = Urc(line)
-                if extra:
-                    self._urc_head = urc
-                    return None
-                return urc
-        return None
+    @staticmethod
+    def _is_urc(line: str) -> bool:
+        return line.startswith(tuple(URC_PREFIXES))
+
+    def _start_urc(self, line: str) -> Urc | None:
+        """A URC line: complete now, or (``+CMT``/``+CDS``) once its PDU line follows."""
+        urc = Urc(line)
+        prefix = next(p for p in URC_PREFIXES if line.startswith(p))
+        if URC_PREFIXES[prefix]:
+            self._urc_head = urc
+            return None
+        return urc
 
 
 def _first_terminator(buf: bytearray) -> int:
