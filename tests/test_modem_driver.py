@@ -8,6 +8,8 @@ recovery from it take a second or two. The simulator records what went over the 
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -736,3 +738,22 @@ def test_simulator_is_usable_from_two_threads(sims):
     for t in threads:
         t.join(5)
     assert not errors and len(sim.stored("SM")) == 10
+
+
+def test_simulator_command_line_prints_the_pty_path_first():
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "relaybox.channels.modem.simulator",
+            "--radio-delay",
+            "0",
+        ],
+        input="sms +447700900999 hello from the console\nquit\n",
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert proc.returncode == 0
+    assert proc.stdout.splitlines()[0].startswith("/dev/pts/")

@@ -814,7 +814,20 @@ class ModemDriver:
         self._at_quiet("AT+CMEE=1")
         self._info["manufacturer"] = self._first_line(self._at_quiet("AT+CGMI"))
         self._info["model"] = self._first_line(self._at_quiet("AT+CGMM"))
-        self._info["imei"] = self._first_line(self._at_quiet("AT+CGSN"))
+        imei, previous = (
+            self._first_line(self._at_quiet("AT+CGSN")),
+            self._info.get("imei"),
+        )
+        if imei and previous and imei != previous:
+            # Identical dongles can swap by-id names after a replug (MODEM.md §2).
+            log.warning(
+                "%s: a different modem now answers on %s (IMEI %s, was %s)",
+                self.name,
+                self.config.port,
+                imei,
+                previous,
+            )
+        self._info["imei"] = imei
         self._unlock_sim()
         cfun = self._at_quiet("AT+CFUN?")
         if cfun is not None and _ints(cfun.first("+CFUN:") or "1")[:1] != [1]:
