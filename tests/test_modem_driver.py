@@ -8,6 +8,7 @@ recovery from it take a second or two. The simulator records what went over the 
 from __future__ import annotations
 
 import logging
+import shutil
 import subprocess
 import sys
 import threading
@@ -757,3 +758,22 @@ def test_simulator_command_line_prints_the_pty_path_first():
     )
     assert proc.returncode == 0
     assert proc.stdout.splitlines()[0].startswith("/dev/pts/")
+
+
+@pytest.mark.skipif(
+    shutil.which("gammu") is None, reason="Debian's gammu is not installed"
+)
+def test_gammu_as_a_second_client_sends_the_reference_pdu_through_the_simulator(
+    sims, tmp_path
+):
+    """The simulator is not just a mirror of relaybox's assumptions: an independent DTE
+    (gammu 1.42) sends through it, and the PDU is MODEM.md's cross-checked vector."""
+    sim = sims()
+    rc = tmp_path / "gammurc"
+    rc.write_text(f"[gammu]\ndevice = {sim.path}\nconnection = at\n")
+    command = ["gammu", "-c", str(rc), "sendsms", "TEXT", TO, "-text", "hellohello"]
+    command += ["-smscnumber", "+447802000332"]
+    subprocess.run(command, capture_output=True, timeout=15, check=True)
+    (part,) = sim.sent
+    assert part.length == 23
+    assert part.hex == "079144872000302311000B916407281553F80000FF0AE8329BFD4697D9EC37"

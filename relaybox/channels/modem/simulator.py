@@ -182,6 +182,7 @@ class ModemSimulator:
         self.echo = True
         self.cmee = 0
         self.cmgf = 1
+        self.cscs = "IRA"
         self.cfun = self.boot_cfun
         self.cnmi = (0, 0, 0, 0, 0)
         self.mem = ["SM", "SM", "SM"]
@@ -611,7 +612,14 @@ class ModemSimulator:
             self._cmgd(body[6:])
         elif ubody.startswith("+CUSD="):
             self._cusd(body[6:])
-        elif ubody.startswith(("+CSMS", "+CSMP", "+CSCS", "^CURC", "+CMMS", "+CNMA")):
+        elif ubody == "+CSCS?":
+            self._reply([f'+CSCS: "{self.cscs}"'])
+        elif ubody == "+CSCS=?":
+            self._reply(['+CSCS: ("IRA","GSM","UCS2")'])
+        elif ubody.startswith("+CSCS="):
+            self.cscs = body[6:].strip().strip('"').upper()
+            self._reply([])
+        elif ubody.startswith(("+CSMS", "+CSMP", "^CURC", "+CMMS", "+CNMA")):
             self._reply([])
         else:
             self._reply([], "ERROR")
@@ -823,16 +831,20 @@ class ModemSimulator:
 
     def _cusd(self, arg: str) -> None:
         parts = arg.split(",")
-        if parts[0].strip() == "2":
-            self._reply([])
-            return
         code = parts[1].strip().strip('"') if len(parts) > 1 else ""
+        if parts[0].strip() != "1" or not code:
+            self._reply([])  # presentation on/off, or cancel (AT+CUSD=2)
+            return
+        ucs2 = self.cscs == "UCS2" and re.fullmatch(r"(?:[0-9A-Fa-f]{4})+", code)
+        if ucs2:  # gammu switches the TE charset to UCS2 and hex-encodes the code
+            code = bytes.fromhex(code).decode("utf-16-be")
         plan = self.ussd_plans.get(code)
         if plan is None:
             self._reply([])
             self._later(0.05, lambda: self._write_lines(["+CUSD: 4"]))
             return
-        urc = f'+CUSD: {plan.status},"{plan.text}",{plan.dcs}'
+        text = plan.text.encode("utf-16-be").hex().upper() if ucs2 else plan.text
+        urc = f'+CUSD: {plan.status},"{text}",{72 if ucs2 else plan.dcs}'
         if plan.before_ok:
             self._reply([urc])
         else:
