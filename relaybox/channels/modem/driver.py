@@ -209,7 +209,8 @@ class ModemConfig:
 
 @dataclass
 class SendResult:
-    """How a send ended. ``refs`` holds the TP-MR of every part that went out.
+    """How a send ended. ``refs`` holds the TP-MR of every part that went out (-1 for a part
+    the modem confirmed without a ``+CMGS`` reference).
 
     ``error_code``: ``MODEM_UNCONFIRMED`` (unknown outcome), ``MODEM_REJECTED`` (permanent),
     ``MODEM_ERROR`` (retryable error, retries used up), ``MODEM_CONFIG`` (the modem is parked),
@@ -1041,9 +1042,11 @@ class ModemDriver:
     def _enable_indications(self) -> None:
         """``+CNMI=2,1,0,2`` (store + ``+CMTI``, reports stored + ``+CDSI``), else ``ds=1``
         (reports routed as ``+CDS``), else no indications: the storage sweep still works."""
-        for cnmi, mode in (
+        for cnmi, mode in (  # some modems take only four parameters
             ("2,1,0,2,0", "stored"),
+            ("2,1,0,2", "stored"),
             ("2,1,0,1,0", "routed"),
+            ("2,1,0,1", "routed"),
             ("2,1,0,0,0", "none"),
         ):
             if self._at_quiet(f"AT+CNMI={cnmi}") is not None:
