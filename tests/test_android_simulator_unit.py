@@ -68,7 +68,15 @@ class FakeServer:
         self.server = create_server(self.app, host="127.0.0.1", port=0, threads=16)
         self.base = f"http://127.0.0.1:{self.server.effective_port}"
         self.url = self.base + PREFIX
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        try:
+            self.server.run()
+        except (OSError, ValueError):
+            # waitress has no stop(); closing its sockets makes select() fail. Expected then.
+            if not self.closing.is_set():
+                raise
 
     # --- helpers used by tests -----------------------------------------------------------------
 
@@ -84,6 +92,7 @@ class FakeServer:
         wait(lambda: self.open_streams == 0, 1.0)
         self.server.task_dispatcher.shutdown(timeout=2)
         self.server.close()
+        self.thread.join(2)
 
     def push(self, event: str | None, data: str = "null") -> None:
         """Write one event to every open stream in the §4.9 format."""
@@ -274,11 +283,12 @@ class FakeServer:
 
 
 def changes(server: FakeServer, mid: str) -> list[str]:
-    """Server-side state sequence with repeats collapsed: a message pulled again while the phone
-    still holds it has its current state re-sent (§4.4), which depends on pull timing."""
+    """Server-side state sequence without re-sends: a message pulled again while the phone
+    still holds it has its current state (often ``Pending``) re-sent (§4.4), which depends on
+    pull timing. Single-recipient messages only."""
     out: list[str] = []
     for p in server.patched(mid):
-        if not out or out[-1] != p["state"]:
+        if p["state"] != "Pending" and (not out or out[-1] != p["state"]):
             out.append(p["state"])
     return out
 
@@ -421,8 +431,14 @@ def test_event_pull_and_state_reports_in_order(server: FakeServer, make_device) 
     m2 = server.enqueue(["+923001112222"], "no report", withDeliveryReport=False)
     server.push("MessageEnqueued")
 
-    assert wait(lambda: changes(server, m1) == ["Processed", "Sent", "Delivered"])
-    assert wait(lambda: changes(server, m2) == ["Processed", "Sent"])
+    assert wait(lambda: changes(server, m1) == ["Processed", "Sent", "Delivered"]), (
+        server.patched(m1),
+        dev.errors,
+    )
+    assert wait(lambda: changes(server, m2) == ["Processed", "Sent"]), (
+        server.patched(m2),
+        dev.errors,
+    )
     time.sleep(0.15)
     assert changes(server, m2) == ["Processed", "Sent"]  # no Delivered
     assert dev.reported_states(m1, resends=False) == ["Processed", "Sent", "Delivered"]
@@ -450,12 +466,12 @@ def test_multi_recipient_per_recipient_reports(server: FakeServer, make_device) 
     server.push("MessageEnqueued")
     assert wait(lambda: dev.reported_states(mid)[-1:] == ["Delivered"])
     # One PATCH per recipient change; the first one still shows +2 Pending.
-    assert dev.reported_recipient_states(mid, "+1") == [
+    assert dev.reported_recipient_states(mid, "+1", resends=False) == [
         "Processed",
         "Sent",
         "Delivered",
     ]
-    assert dev.reported_recipient_states(mid, "+2") == [
+    assert dev.reported_recipient_states(mid, "+2", resends=False) == [
         "Pending",
         "Processed",
         "Sent",
@@ -499,11 +515,15 @@ def test_dedupe_by_id_resends_state(server: FakeServer, make_device) -> None:
     dev = started(make_device(), server)
     dev.paused = True
     mid = server.enqueue(["+1"])
-    for _ in range(3):
-        before = dev.pulls
+    for _ in range(
+        10
+    ):  # bounded: each event triggers (or coalesces into) one more pull
+        seen = dev.pull_counts.get(mid, 0)
+        if seen >= 3:
+            break
         server.push("MessageEnqueued")
-        assert wait(lambda b=before: dev.pulls > b)
-    assert wait(lambda: dev.pull_counts.get(mid, 0) >= 3)
+        wait(lambda s=seen: dev.pull_counts.get(mid, 0) > s, 1.0)
+    assert dev.pull_counts.get(mid, 0) >= 3
     assert len(dev.messages) == 1 and dev.messages[mid].pulls == dev.pull_counts[mid]
     # A held message only has its state re-sent; the SMS is never queued twice.
     assert wait(lambda: len(dev.reported_states(mid)) >= 2)

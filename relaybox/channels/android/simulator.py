@@ -1550,12 +1550,17 @@ class SimulatedDevice:
                 if r.message_id == message_id and (resends or r.trigger != "resend")
             ]
 
-    def reported_recipient_states(self, message_id: str, phone: str) -> list[str]:
-        """Recipient-level states successfully PATCHed for one number, in send order."""
-        out = []
+    def reported_recipient_states(
+        self, message_id: str, phone: str, *, resends: bool = True
+    ) -> list[str]:
+        """Recipient-level states successfully PATCHed for one number, in send order, with
+        repeats collapsed (``resends`` as in :meth:`reported_states`)."""
+        out: list[str] = []
         with self._lock:
             for r in self.reports:
-                if r.message_id != message_id:
+                if r.message_id != message_id or (
+                    not resends and r.trigger == "resend"
+                ):
                     continue
                 for rec in r.body["recipients"]:
                     if rec["phoneNumber"] == phone and (
