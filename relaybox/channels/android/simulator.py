@@ -1472,14 +1472,20 @@ class SimulatedDevice:
             self._sched_wake.clear()
             now = time.monotonic()
             wait = 0.5
-            with self._lock:
-                while self._radio and self._radio[0][0] <= now and not stop.is_set():
-                    _, _, fn = heapq.heappop(self._radio)
-                    fn()
-                if self._radio:
-                    wait = min(wait, self._radio[0][0] - now)
-                if not self.paused and not stop.is_set():
-                    wait = min(wait, self._send_step(now))
+            try:
+                with self._lock:
+                    while (
+                        self._radio and self._radio[0][0] <= now and not stop.is_set()
+                    ):
+                        _, _, fn = heapq.heappop(self._radio)
+                        fn()
+                    if self._radio:
+                        wait = min(wait, self._radio[0][0] - now)
+                    if not self.paused and not stop.is_set():
+                        wait = min(wait, self._send_step(now))
+            except Exception as exc:  # one bad message must not stop the radio
+                log.exception("scheduler step failed")
+                self._error(f"scheduler: {exc}")
             self._sched_wake.wait(timeout=max(0.0, min(wait, 0.5)))
 
     def _send_step(self, now: float) -> float:
@@ -1805,7 +1811,7 @@ class SimulatedDevice:
                     return
                 try:
                     runners[task]()
-                except (requests.RequestException, ProtocolError) as exc:
+                except Exception as exc:  # noqa: BLE001 - the app's workers retry on any error
                     n = self._task_attempts.get(task, 0) + 1
                     self._task_attempts[task] = n
                     self._error(f"{task} failed (try {n}): {exc}")
