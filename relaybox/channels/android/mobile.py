@@ -303,7 +303,7 @@ def events_stream():
                 yield frame("WebhooksUpdated") + frame("SettingsUpdated")
             last = time.monotonic()
             while True:
-                wait = max(0.05, min(1.0, keepalive - (time.monotonic() - last)))
+                wait = max(0.05, min(0.5, keepalive - (time.monotonic() - last)))
                 frames = stream.take(wait)
                 if frames is None:
                     return
@@ -316,11 +316,14 @@ def events_stream():
                 if disconnected is not None and disconnected():
                     stream.close("client disconnected")
                     return
+                if ar.hub.server_stopping():
+                    stream.close("server stopping")
+                    return
         finally:
             ar.hub.release(stream)
             log.info("device %s event stream closed (%s)", ch.id, stream.close_reason or "ended")
 
-    resp = Response(generate(), mimetype="text/event-stream")
+    resp = Response(generate(), content_type="text/event-stream")  # exactly, no charset (§4.9)
     resp.headers["Cache-Control"] = "no-cache"
     resp.headers["X-Accel-Buffering"] = "no"  # nginx: pass every event through at once
     return resp

@@ -137,6 +137,14 @@ class SSEHub:
         return True
 
     # -- waitress threads ------------------------------------------------------------------------
+    def server_stopping(self) -> bool:
+        """Waitress is shutting down (its ``shutdown`` asked every thread to stop): streams end,
+        or its shutdown would wait for them."""
+        dispatcher = getattr(getattr(self.runtime, "http_server", None), "task_dispatcher", None)
+        if dispatcher is None:
+            return False
+        return len(getattr(dispatcher, "threads", ())) <= getattr(dispatcher, "stop_count", 0)
+
     def _resize_pool(self, grow: bool) -> None:
         """Keep ``threads`` free for the API on top of one thread per open stream (lock held).
 
