@@ -21,22 +21,52 @@ def default_data_dir() -> str:
     return os.path.join(base, "relaybox")
 
 
+class ModemTimeouts(BaseModel):
+    """``[modem.timeouts]``: wall-clock limits of AT commands, in seconds (the modem driver's
+    ``ModemTimeouts``; unset keys keep its defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    basic: float | None = Field(None, gt=0, le=600)
+    pin_query: float | None = Field(None, gt=0, le=600)
+    pin_entry: float | None = Field(None, gt=0, le=600)
+    pin_ready: float | None = Field(None, gt=0, le=600)
+    registration: float | None = Field(None, gt=0, le=600)
+    registration_wait: float | None = Field(None, ge=0, le=3600)
+    prompt: float | None = Field(None, gt=0, le=600)
+    submit: float | None = Field(None, gt=0, le=600)
+    read: float | None = Field(None, gt=0, le=600)
+    list: float | None = Field(None, gt=0, le=600)
+    ussd: float | None = Field(None, gt=0, le=600)
+
+
 class ModemConfig(BaseModel):
     """One ``[[modem]]`` table: a USB GSM modem driven by this process."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,32}$")
-    port: str
-    baud: int = 115200
-    pin: str | None = None
-    smsc: str | None = None
+    port: str = Field(min_length=1, max_length=512)
+    baud: int = Field(115200, ge=300, le=4_000_000)
+    pin: str | None = Field(None, pattern=r"^[0-9]{4,8}$")
+    smsc: str | None = Field(None, pattern=r"^\+?[0-9]{3,20}$")
     number: str | None = None
-    label: str | None = None
+    label: str | None = Field(None, max_length=100)
     enabled: bool = True
-    per_minute: int | None = None
-    per_hour: int | None = None
-    per_day: int | None = None
+    per_minute: int | None = Field(None, ge=1)
+    per_hour: int | None = Field(None, ge=1)
+    per_day: int | None = Field(None, ge=1)
+    # Driver tuning (defaults suit real modems; the tests shrink them).
+    status_reports: bool = True  # ask the network for delivery reports
+    rtscts: bool = False
+    send_retries: int = Field(2, ge=0, le=10)  # extra tries of a part after a retryable +CMS ERROR
+    retry_backoff: float = Field(10.0, ge=0, le=3600)  # first wait between those tries; doubles
+    send_deadline: float = Field(60.0, gt=0, le=86400)  # a message waiting this long for the modem fails over
+    health_interval: float = Field(30.0, gt=0, le=3600)  # signal/registration poll, and the hang watchdog
+    sweep_interval: float = Field(30.0, gt=0, le=3600)  # AT+CMGL sweep of SIM storage
+    reconnect_backoff: tuple[float, float] = (1.0, 30.0)  # first and longest wait to reopen the port
+    reset_settle: float = Field(5.0, ge=0, le=600)  # wait after AT+CFUN=1,1 before reopening
+    timeouts: ModemTimeouts = Field(default_factory=ModemTimeouts)
 
 
 class PriceConfig(BaseModel):
