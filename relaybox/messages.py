@@ -30,6 +30,11 @@ ALLOWED: dict[str, frozenset[str]] = {
     "dispatched": frozenset({"sent", "delivered", "failed", "undelivered", "cancelled", "queued", "expired"}),
     "sent": frozenset({"delivered", "undelivered", "failed"}),
 }
+# A ``failed`` whose outcome was really unknown (a modem timed out after Ctrl-Z, or relaybox
+# stopped while the modem had the message) may still be proven by a delivery report: it moves
+# on to ``delivered`` / ``undelivered`` (one more timeline row and webhook) and loses the code.
+PROVABLE_FAILURES = frozenset({"MODEM_UNCONFIRMED"})
+PROVEN_BY_REPORT = frozenset({"delivered", "undelivered"})
 STATUSES = ("accepted", "scheduled", "queued", "dispatched", "sent", "delivered",
             "failed", "undelivered", "expired", "cancelled")
 # Events that become webhooks (CONTRACT: one status webhook per transition, "accepted" is implied).
@@ -188,10 +193,16 @@ def transition(
     """Move one message to ``new`` if allowed; write timeline + event. True when it moved."""
     with write_tx():
         m = for_update(Message.select().where(Message.id == message_id)).first()
-        if m is None or new not in ALLOWED.get(m.status, ()):
+        if m is None:
+            return False
+        proven = (m.status == "failed" and m.error_code in PROVABLE_FAILURES
+                  and new in PROVEN_BY_REPORT)
+        if not proven and new not in ALLOWED.get(m.status, ()):
             return False
         if expect_channel is not None and m.channel_id != expect_channel:
             return False
+        if proven:
+            m.error_code = m.error_message = None
         last = (MessageEvent.select(pw.fn.MAX(MessageEvent.at))
                 .where(MessageEvent.message == message_id).scalar()) or 0
         # Timeline timestamps never go back, even if a device's clock does.
