@@ -157,6 +157,55 @@ def accept(items: Iterable[NewMessage], now: int | None = None) -> tuple[list[Me
     return rows, events.record_many(evs)
 
 
+INBOUND_NUMBER_MAX = 20
+
+
+def store_inbound(*, account_id: str, channel_id: str, sender: str, recipient: str, body: str,
+                  received_at: int | None = None, detail: dict[str, Any] | None = None,
+                  ) -> tuple[Message, events.Event]:
+    """Write one received SMS, the same way for every channel (phones, modems): a ``Message``
+    row (``direction`` inbound, status ``received``, ``from`` the sender, ``to`` the channel's
+    own number), one ``received`` timeline row carrying ``detail``, and a ``message.inbound``
+    event in the API reference's webhook shape (plus ``device_id``).
+
+    Call inside a write transaction; publish the returned event after commit. The caller makes
+    storing idempotent (channels re-deliver) and normalises numbers; ``received_at`` (ms) later
+    than now is clamped to now.
+    """
+    from relaybox.ids import new_id
+    from relaybox.sms.pdu import analyze
+
+    now = now_ms()
+    received = min(received_at, now) if received_at else now
+    try:
+        info = analyze(body) if body else None
+    except ValueError:  # e.g. a lone surrogate from a broken concatenation
+        info = None
+    mid = new_id("in")
+    m = Message.create(
+        id=mid, account=account_id, client_reference_id=mid, direction="inbound",
+        to_number=(recipient or "")[:INBOUND_NUMBER_MAX], from_number=(sender or "")[:INBOUND_NUMBER_MAX],
+        body=body, status="received", segments=info.segments if info else 1,
+        encoding=info.encoding if info else "GSM-7", channel_id=channel_id, attempts=0, sequence=1,
+        report_expected=False, created_at=received, updated_at=now,
+    )
+    MessageEvent.insert(message=mid, seq=1, status="received", at=received, channel_id=channel_id,
+                        detail=detail or None).execute()
+    payload = {
+        "event": "message.inbound",
+        "message_id": mid,
+        "from": m.from_number,
+        "to": m.to_number,
+        "body": body,
+        "timestamp": iso(received, millis=False),
+        "unix_timestamp": received,
+        "media_urls": [],
+        "device_id": channel_id,
+    }
+    log.info("message %s received by %s from %s", mid, channel_id, m.from_number)
+    return m, events.record(account_id, "message.inbound", payload, mid)
+
+
 def _apply(m: Message, new: str, at: int, *, error_code: str | None, error_message: str | None,
            channel_id: str | None, detail: dict[str, Any] | None) -> dict[str, Any]:
     """Mutate ``m`` for the transition and return the timeline row (caller saves both)."""
