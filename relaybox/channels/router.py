@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from relaybox.db import write_tx
 from relaybox.errors import ApiError
-from relaybox.models import Message
+from relaybox.models import Message, MessageEvent
 
 if TYPE_CHECKING:  # pragma: no cover
     from relaybox.channels.base import Channel
@@ -82,6 +82,14 @@ class Router:
         with self._lock:
             self.waiting[channel_id] = max(0, self.waiting[channel_id] - n)
 
+    @staticmethod
+    def _failed_on(message_id: str) -> set[str]:
+        """The channel a requeued message came back from (its last timeline row says)."""
+        row = (MessageEvent.select(MessageEvent.detail).where(MessageEvent.message == message_id)
+               .order_by(MessageEvent.seq.desc()).first())
+        origin = (row.detail or {}).get("failover_from") if row is not None else None
+        return {origin} if isinstance(origin, str) else set()
+
     # -- background routing ---------------------------------------------------------------
     def route_pending(self, limit: int = 2000) -> int:
         """Assign queued messages that have no (usable) channel. Returns how many moved."""
@@ -105,6 +113,10 @@ class Router:
                 elif m.from_number:
                     owner = self.channel_for_number(m.from_number)
                     target = owner.id if owner and owner.id in online else None
+                elif m.error_code:
+                    # A failover (requeue_for_failover): prefer another channel than the one
+                    # that just could not send it; fall back to it when it is the only one.
+                    target = self.best_channel(exclude=self._failed_on(m.id)) or self.best_channel()
                 else:
                     target = self.best_channel()
                 if target is None:
