@@ -81,10 +81,15 @@ class ReportTracker:
         return message
 
     def restore(self, msg_key: str, to: str, refs: list[int], sent_at: float) -> None:
-        """Watch a message sent before a restart (``refs`` as reported by ``on_sent``)."""
+        """Watch a message sent before a restart (``refs`` as reported by ``on_sent``).
+
+        A ref of -1 is a part without a known MR (no ``+CMGS`` came, or relaybox stopped while
+        the modem had it): the message counts as unconfirmed, so a report to the same number
+        that matches no known MR may still prove that part."""
         parts = [SentPart(i + 1, mr if mr >= 0 else None) for i, mr in enumerate(refs)]
+        unconfirmed = any(mr < 0 for mr in refs)
         with self._lock:
-            self._messages.append(SentMessage(msg_key, to, sent_at, parts))
+            self._messages.append(SentMessage(msg_key, to, sent_at, parts, unconfirmed))
 
     @staticmethod
     def unconfirmed(message: SentMessage, index: int) -> None:
