@@ -90,9 +90,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     runtime = app.extensions["relaybox"]
     # channel_request_lookahead=1 keeps a connection readable while its request runs, so a phone
     # that drops its SSE stream is noticed at once (environ["waitress.client_disconnected"]).
+    # A reverse proxy on this box (packaging/nginx/relaybox.conf terminates TLS) is trusted for the
+    # client's scheme, host and address, so URLs relaybox hands out (phones' webhook URL, pairing
+    # page) say https://; waitress drops these headers from anyone else.
     server = create_server(app, host=config.host, port=config.port, threads=config.threads,
                            channel_timeout=300, connection_limit=1000, ident="relaybox",
-                           channel_request_lookahead=1)
+                           channel_request_lookahead=1, trusted_proxy="127.0.0.1", trusted_proxy_count=1,
+                           trusted_proxy_headers={"x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"})
     runtime.base_url = f"http://{config.host}:{server.effective_port}"
     runtime.http_server = server  # phones' SSE streams each hold a thread; the hub grows the pool
     runtime.start()
