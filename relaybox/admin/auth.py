@@ -1,0 +1,35 @@
+"""Log in and out. The only admin page reachable without a session is the login page."""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import redirect, request, session, url_for
+from flask_babel import gettext as _
+
+from relaybox.admin import users
+from relaybox.admin.web import bp, current_user, login_bp, page, safe_next, start_session
+
+
+@login_bp.route("/login", methods=["GET", "POST"])
+def login() -> Any:
+    if request.method == "GET":
+        if current_user() is not None:
+            return redirect(safe_next(request.args.get("next")))
+        return page("admin/login.html", no_users=not users.has_users(), next=request.args.get("next", ""))
+    username = (request.form.get("username") or "").strip()
+    password = request.form.get("password") or ""
+    user = users.authenticate(username, password) if username and password else None
+    if user is None:
+        return page("admin/login.html", 401, error=_("Wrong user name or password."), username=username,
+                    no_users=not users.has_users(), next=request.form.get("next", ""))
+    start_session(user)
+    return redirect(safe_next(request.form.get("next")), 302)
+
+
+@bp.route("/logout", methods=["POST"])
+def logout() -> Any:
+    lang = session.get("lang")
+    session.clear()
+    if lang:
+        session["lang"] = lang
+    return redirect(url_for("admin_login.login"))

@@ -1,0 +1,172 @@
+"""The admin blueprint and what every page shares: the session guard, the selected account,
+CSRF, the login rate limit and page rendering.
+
+Only ``/admin/login`` (and static files) answer without a session; everything else redirects
+there (HTML) or answers UNAUTHORIZED (fetches). Forms carry Flask-WTF CSRF tokens; fetches send
+``X-CSRFToken``. The /api/v1 and /api/mobile/v1 blueprints use keys and tokens, not cookies, so
+CSRF is checked on the session-authenticated area (/admin) only.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import (Blueprint, Response, current_app, g, redirect, render_template, request, session,
+                   url_for)
+from flask_babel import gettext as _
+from flask_limiter import Limiter
+from flask_limiter.errors import RateLimitExceeded
+from flask_limiter.util import get_remote_address
+from flask_wtf.csrf import CSRFError, CSRFProtect
+
+from relaybox.admin import users
+from relaybox.admin.i18n import LANGUAGES, direction
+from relaybox.errors import ApiError, error_response
+from relaybox.models import Account
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+login_bp = Blueprint("admin_login", __name__, url_prefix="/admin")
+
+SESSION_HOURS = 12
+# Failed logins only (a successful login redirects): per address and per user name.
+LOGIN_LIMITS = ("10 per 5 minutes", "30 per hour")
+USER_LIMIT = "5 per minute"
+
+
+def wants_json() -> bool:
+    return (request.headers.get("X-Requested-With") == "fetch"
+            or request.accept_mimetypes.best == "application/json")
+
+
+# -- session ------------------------------------------------------------------------------------
+def _password_epoch(user: users.AdminUser) -> str:
+    """Changes when the password changes, so a new password logs out every old session."""
+    return hashlib.sha256(user.password_hash.encode()).hexdigest()[:16]
+
+
+def start_session(user: users.AdminUser) -> None:
+    lang = session.get("lang")
+    session.clear()  # no fixation: a fresh session at login
+    session.permanent = True
+    session["uid"] = user.id
+    session["epoch"] = _password_epoch(user)
+    if lang:
+        session["lang"] = lang
+
+
+def current_user() -> users.AdminUser | None:
+    uid = session.get("uid")
+    if uid is None:
+        return None
+    user = users.AdminUser.get_or_none(users.AdminUser.id == uid)
+    if user is None or session.get("epoch") != _password_epoch(user):
+        session.pop("uid", None)
+        return None
+    return user
+
+
+def current_account() -> Account:
+    """The account the admin is looking at (session), else the owner, else the first."""
+    acc = None
+    chosen = session.get("account_id")
+    if chosen:
+        acc = Account.get_or_none(Account.id == chosen)
+    if acc is None:
+        acc = (Account.select().order_by(Account.is_owner.desc(), Account.created_at).first())
+    if acc is None:
+        from relaybox.accounts import create_account
+
+        acc, _key = create_account("Owner", api_enabled=True, owner=True)
+    return acc
+
+
+@bp.before_request
+def _require_session() -> Any:
+    user = current_user()
+    if user is None:
+        if wants_json():
+            return error_response(ApiError("UNAUTHORIZED", "log in to the admin page first"))
+        return redirect(url_for("admin_login.login", next=request.full_path.rstrip("?")))
+    g.admin = user
+    g.account = None  # never confuse the admin's session with API-key auth
+    return None
+
+
+def safe_next(target: str | None) -> str:
+    """Only same-site relative paths under /admin (no open redirect)."""
+    if target:
+        parts = urlsplit(target)
+        if not parts.scheme and not parts.netloc and target.startswith("/admin") and "\\" not in target:
+            return target
+    return url_for("admin.dashboard")
+
+
+# -- rendering ----------------------------------------------------------------------------------
+def page(template: str, status: int = 200, **context: Any) -> Response:
+    resp = current_app.make_response((render_template(template, **context), status))
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+def template_globals() -> dict[str, Any]:
+    from flask_babel import get_locale
+
+    lang = str(get_locale() or "en")
+    ctx: dict[str, Any] = {"lang": lang, "dir": direction(lang), "languages": LANGUAGES}
+    if getattr(g, "admin", None) is not None:
+        ctx["admin_user"] = g.admin
+        ctx["account"] = current_account()
+        ctx["accounts"] = list(Account.select().order_by(Account.is_owner.desc(), Account.created_at))
+    return ctx
+
+
+# -- app wiring ---------------------------------------------------------------------------------
+def init_security(app: Any) -> None:
+    app.config.setdefault("SESSION_COOKIE_NAME", "relaybox_session")
+    app.config["SESSION_COOKIE_HTTPONLY"] = True
+    app.config["SESSION_COOKIE_SAMESITE"] = "Strict"
+    app.config["SESSION_COOKIE_PATH"] = "/"
+    runtime = app.extensions["relaybox"]
+    app.config["SESSION_COOKIE_SECURE"] = runtime.config.public_url.startswith("https://")
+    from datetime import timedelta
+
+    app.config["PERMANENT_SESSION_LIFETIME"] = timedelta(hours=SESSION_HOURS)
+    from relaybox.security import digest
+
+    app.secret_key = digest("flask-session", "admin")
+    app.config["WTF_CSRF_CHECK_DEFAULT"] = False  # checked below, for /admin only
+    app.config["WTF_CSRF_TIME_LIMIT"] = SESSION_HOURS * 3600
+    csrf = CSRFProtect(app)
+
+    @app.before_request
+    def _csrf_for_admin() -> None:
+        if request.path.startswith("/admin") and request.method not in ("GET", "HEAD", "OPTIONS"):
+            csrf.protect()
+
+    @app.errorhandler(CSRFError)
+    def _csrf_error(exc: CSRFError) -> Response:
+        if wants_json() or not request.path.startswith("/admin"):
+            return error_response(ApiError("INVALID_REQUEST", f"csrf_token: {exc.description}",
+                                           field="csrf_token"))
+        return page("admin/error.html", 400, title=_("This form has expired"),
+                    message=_("The page was open too long or was opened in another session. "
+                              "Go back, reload the page and try again."))
+
+    limiter = Limiter(get_remote_address, storage_uri="memory://", headers_enabled=True,
+                      key_prefix="relaybox-admin")
+    limiter.init_app(app)
+    failed = {"methods": ["POST"], "deduct_when": lambda resp: resp.status_code != 302}
+    for value in LOGIN_LIMITS:
+        limiter.limit(value, **failed)(login_bp)
+    limiter.limit(USER_LIMIT, key_func=lambda: "user:" + (request.form.get("username") or "").lower()[:64],
+                  **failed)(login_bp)
+    app.extensions["relaybox_admin_limiter"] = limiter
+
+
+
+@login_bp.errorhandler(RateLimitExceeded)
+def _too_many(exc: RateLimitExceeded) -> Response:
+    """Over the login limit: the login page again, 429, with ``Retry-After`` (Flask-Limiter)."""
+    return page("admin/login.html", 429, username=request.form.get("username", ""),
+                error=_("Too many failed attempts. Wait a few minutes and try again."))
