@@ -46,6 +46,7 @@ class SandboxChannel(Channel):
         self.delay = runtime.config.sandbox_delay_ms / 1000
         self._number = runtime.config.sandbox_from
         self._pump_pending = threading.Event()
+        self._pump_requested_at = 0.0
         self._timers: list[tuple[float, int, str, str]] = []
         self._seq = 0
         self._cv = threading.Condition()
@@ -63,10 +64,19 @@ class SandboxChannel(Channel):
         return {"online": True, "sent_total": self.sent_count}
 
     def notify(self) -> None:
-        # Coalesce: one pump task in the queue at a time is enough; it drains everything.
-        if not self._pump_pending.is_set():
-            self._pump_pending.set()
+        # Coalesce: one pump task in the queue at a time is enough; it drains everything. A
+        # request older than 2 s counts as lost (the queue was unwritable, or with a shared Redis
+        # queue another process ran the task and this one's flag was never cleared).
+        now = time.monotonic()
+        if self._pump_pending.is_set() and now - self._pump_requested_at < 2.0:
+            return
+        self._pump_pending.set()
+        self._pump_requested_at = now
+        try:
             self.runtime.tasks.sandbox_pump()
+        except Exception as exc:  # noqa: BLE001 - never fail the caller; the sweeps re-notify
+            self._pump_pending.clear()
+            log.warning("sandbox: could not enqueue a pump (%s); retried by the housekeeper", exc)
 
     # -- the fake radio --------------------------------------------------------------------
     def pump(self) -> int:
@@ -138,7 +148,10 @@ class SandboxChannel(Channel):
             try:
                 self._step(mid, step)
             except Exception:  # noqa: BLE001 - keep the radio alive; the row is the truth
-                log.exception("sandbox step %s for %s failed", step, mid)
+                # E.g. the database was locked or the disk full: try the same step again later
+                # (transitions are conditional, so a retry never moves a message twice).
+                log.exception("sandbox step %s for %s failed; retrying in 1 s", step, mid)
+                self._after(max(self.delay, 1.0), mid, step)
 
     def start(self) -> None:
         self._thread.start()
