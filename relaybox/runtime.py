@@ -178,11 +178,24 @@ class Runtime:
         if released or routed:
             for ch in list(self.channels.values()):
                 ch.notify()
+        else:
+            self.renudge(now)
         for fn in list(self.sweepers):
             try:
                 fn()
             except Exception:  # noqa: BLE001
                 log.exception("sweeper %s failed", getattr(fn, "__name__", fn))
+
+    def renudge(self, now: int, older_than_ms: int = 2000) -> None:
+        """Wake channels whose assigned messages have waited a while: their queue nudge may
+        have been lost (Huey has no acks; an enqueue can fail on a full disk)."""
+        from relaybox.models import Message
+
+        waiting = {cid for (cid,) in Message.select(Message.channel_id).distinct().where(
+            (Message.status == "queued") & Message.channel_id.is_null(False)
+            & (Message.queued_at < now - older_than_ms)).tuples()}
+        for cid in waiting & set(self.channels):
+            self.channels[cid].notify()
 
     def prune(self) -> None:
         IdempotencyRecord.delete().where(IdempotencyRecord.created_at < now_ms() - 86_400_000).execute()
