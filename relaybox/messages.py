@@ -396,3 +396,28 @@ def view(m: Message, channel_names: dict[str, str] | None = None) -> dict[str, A
         "delivered_at": iso(m.delivered_at),
         "updated_at": iso(m.updated_at),
     }
+
+
+def cancel(message_id: str, channels: dict[str, Any]) -> str:
+    """Cancel a message that has not been sent. Returns what happened:
+
+    ``cancelled`` (it is now cancelled), ``requested`` (it is on a channel that will confirm
+    or refuse — e.g. a phone gets the protocol's ``Cancelling`` state), or ``too_late`` (it was
+    sent, or it already ended).
+    """
+    m = Message.get_or_none(Message.id == message_id)
+    if m is None:
+        return "too_late"
+    if m.status in ("scheduled", "queued") and transition(message_id, "cancelled", error_code="CANCELLED",
+                                                           error_message="cancelled by request"):
+        return "cancelled"
+    m = Message.get_by_id(message_id)  # it may have been claimed meanwhile
+    if m.status == "dispatched":
+        ch = channels.get(m.channel_id or "")
+        if ch is not None and ch.cancel(message_id):
+            if transition(message_id, "cancelled", error_code="CANCELLED", error_message="cancelled by request",
+                          expect_channel=m.channel_id):
+                return "cancelled"
+        elif ch is not None:
+            return "requested"
+    return "cancelled" if Message.get_by_id(message_id).status == "cancelled" else "too_late"

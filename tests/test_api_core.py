@@ -327,3 +327,24 @@ def test_init_is_idempotent_and_config_errors_exit_2(tmp_path):
     assert bad2.returncode == 2 and "workers" in bad2.stderr
     bad3 = subprocess.run(cmd + ["serve", "--config", str(tmp_path / "missing.toml")], capture_output=True, text=True)
     assert bad3.returncode == 2
+
+
+def test_cancel_before_sending_and_409_after(server_factory):
+    srv = server_factory(sandbox=True, sandbox_delay_ms=30)
+    api = srv.api()
+    later = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+    sched = api.post("/sms/send", json={"to": PK, "body": "later", "send_at": later}).json()["data"]["id"]
+    r = api.post(f"/sms/{sched}/cancel")
+    assert r.status_code == 200 and r.json()["data"]["status"] == "cancelled"
+    log = [t["status"] for t in api.get(f"/messages/{sched}/log").json()["data"]["timeline"]]
+    assert log == ["accepted", "scheduled", "cancelled"]
+    done = api.post("/sms/send", json={"to": PK, "body": "now"}).json()["data"]["id"]
+    wait_for(lambda: status_of(api, done) == "delivered")
+    assert_envelope_error(api.post(f"/sms/{done}/cancel"), 409, "CONFLICT")
+    assert_envelope_error(api.post("/sms/req_nope/cancel"), 404, "NOT_FOUND")
+    b = api.post("/sms/batch", json={"send_at": later, "messages": [{"to": pk(i), "body": "x"} for i in range(3)]})
+    bid = b.json()["data"]["batch_id"]
+    c = api.post(f"/sms/batch/{bid}/cancel").json()["data"]
+    assert c["cancelled"] == 3
+    assert api.get(f"/sms/batch/{bid}").json()["data"]["status"] == "completed"
+    assert api.get(f"/sms/batch/{bid}").json()["data"]["failed"] == 3

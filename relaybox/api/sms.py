@@ -353,6 +353,39 @@ def find_message(account: Any, message_id: str) -> Message:
     return m
 
 
+@bp.post("/sms/<message_id>/cancel")
+def cancel_sms(path: MessagePath):
+    """Cancel a message not yet sent: 200 ``cancelled``, 202 while the phone confirms, 409 if sent."""
+    from relaybox import messages
+
+    account = current_account()
+    m = find_message(account, path.message_id)
+    outcome = messages.cancel(m.id, _runtime().channels)
+    m = Message.get_by_id(m.id)
+    if outcome == "too_late":
+        raise ApiError("CONFLICT", f"message {m.id} is {m.status}: only messages not yet sent can be cancelled",
+                       extra={"status": m.status})
+    data = {"id": m.id, "request_id": m.id, "client_reference_id": m.client_reference_id,
+            "status": m.status, "cancel": outcome}
+    return envelope(data, 200 if outcome == "cancelled" else 202)
+
+
+@bp.post("/sms/batch/<batch_id>/cancel")
+def cancel_batch(path: BatchPath):
+    """Cancel every message of a batch that has not been sent yet."""
+    from relaybox import messages
+
+    account = current_account()
+    b = _batch(account, path.batch_id)
+    counts = {"cancelled": 0, "requested": 0, "too_late": 0}
+    ids = [m.id for m in Message.select(Message.id).where(
+        (Message.batch == b.id) & (Message.status << ["scheduled", "queued", "dispatched"]))]
+    channels = _runtime().channels
+    for mid in ids:
+        counts[messages.cancel(mid, channels)] += 1
+    return envelope({"batch_id": b.id, "job_id": b.id, **counts})
+
+
 @bp.get("/sms/<message_id>")
 def get_sms(path: MessagePath):
     """A message by ``id`` (req_...) or by your ``client_reference_id``."""
