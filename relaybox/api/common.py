@@ -143,6 +143,11 @@ class Idempotency:
                     return
                 except pw.IntegrityError:
                     continue
+                except (pw.OperationalError, pw.InterfaceError) as exc:
+                    # Database locked past busy_timeout, disk full, server gone: nothing was
+                    # accepted, so the client may retry with the same key (as queue_tx says).
+                    raise ApiError("QUEUE_FAILED", "could not queue the message: the database is "
+                                   "unavailable, retry with the same Idempotency-Key") from exc
             if not hmac.compare_digest(existing.fingerprint, fp):
                 raise ApiError("IDEMPOTENCY_CONFLICT", "Idempotency-Key was used with a different request",
                                status=422, field="Idempotency-Key")
