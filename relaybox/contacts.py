@@ -217,8 +217,12 @@ def create(account_id: str, data: ContactIn) -> Contact:
 def search(account_id: str, q: str | None, tag: str | None) -> pw.ModelSelect:
     query = Contact.select().where(Contact.account == account_id)
     if tag:
+        try:
+            tag = _tag(tag)
+        except ValueError as exc:
+            raise invalid("tag", str(exc)) from None
         query = query.where(Contact.id.in_(ContactTag.select(ContactTag.contact).where(
-            (ContactTag.account == account_id) & (ContactTag.tag == _tag(tag)))))
+            (ContactTag.account == account_id) & (ContactTag.tag == tag))))
     text = (q or "").strip()
     if text:
         digits = digits_of(text)
@@ -372,11 +376,6 @@ def create_contact(body: ContactIn):
 def list_contacts(query: ContactQuery):
     """Your contacts by name; ``q`` searches names (any script, accents ignored) or any part of a number."""
     account = current_account()
-    if query.tag:
-        try:
-            _tag(query.tag)
-        except ValueError as exc:
-            raise invalid("tag", str(exc)) from None
     rows, total, more = page_of(search(account.id, query.q, query.tag), query.page, query.limit)
     return envelope({"contacts": [view(c) for c in rows], "page": query.page, "limit": query.limit,
                      "total": total, "has_more": more})

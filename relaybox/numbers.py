@@ -55,11 +55,11 @@ def owned_numbers(rt: Any, account: Any) -> list[dict[str, Any]]:
     """The sender numbers of the channels this account may send through."""
     out: dict[str, dict[str, Any]] = {}
     for ch in list(rt.channels.values()):
-        owner = getattr(ch, "account_id", None)
+        owner = _channel_attr(ch, "account_id")
         if owner is not None and owner != account.id:
             continue
         for phone in ch.numbers():
-            created = getattr(ch, "created_at", None)
+            created = _channel_attr(ch, "created_at")
             out.setdefault(phone, {
                 "phone": phone, "created_at": iso(created, millis=False) if isinstance(created, int) else None,
                 "inbound_callback": None, "channel_id": ch.id, "channel_name": ch.name, "kind": ch.kind,
@@ -69,6 +69,12 @@ def owned_numbers(rt: Any, account: Any) -> list[dict[str, Any]]:
     for phone, item in out.items():
         item["inbound_callback"] = callbacks.get(phone)
     return sorted(out.values(), key=lambda n: n["phone"])
+
+
+def _channel_attr(ch: Any, name: str) -> Any:
+    """An attribute of the channel, or of the paired device behind it (Android phones)."""
+    value = getattr(ch, name, None)
+    return value if value is not None else getattr(getattr(ch, "device", None), name, None)
 
 
 def _inbound_callbacks(account_id: str) -> dict[str, str | None]:

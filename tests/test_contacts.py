@@ -54,6 +54,9 @@ def test_contact_crud_and_unique_numbers(sandbox):
                     "INVALID_REQUEST")["field"] == "name"
     assert api.get("/contacts", params={"tag": "karachi"}).json()["data"]["total"] == 1
     assert api.get("/contacts", params={"tag": "vip"}).json()["data"]["total"] == 0
+    assert error_of(api.get("/contacts", params={"tag": "a;b"}), 400, "INVALID_REQUEST")["field"] == "tag"
+    assert error_of(api.get("/contacts/export", params={"tag": "a;b"}), 400, "INVALID_REQUEST")["field"] == "tag"
+    error_of(api.put("/contacts", json={}), 405, "METHOD_NOT_ALLOWED")
     assert api.delete(f"/contacts/{c['id']}").json()["data"] == {"id": c["id"], "deleted": True}
     error_of(api.get(f"/contacts/{c['id']}"), 404, "NOT_FOUND")
     error_of(api.patch(f"/contacts/{c['id']}", json={"notes": "x"}), 404, "NOT_FOUND")
