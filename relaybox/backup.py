@@ -162,7 +162,10 @@ def restore(config: Config, src: str) -> BackupInfo:
 
     if not config.secret:
         path = os.path.join(config.data_dir, "secret")
-        current = open(path).read().strip() if os.path.exists(path) else None
+        current = None
+        if os.path.exists(path):
+            with open(path) as fh:
+                current = fh.read().strip()
         if current != secret:
             if current is not None:
                 os.replace(path, f"{path}.before-restore-{stamp}")

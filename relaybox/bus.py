@@ -18,7 +18,8 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("relaybox.bus")
 
@@ -41,7 +42,7 @@ class Bus:
         for fn in handlers:
             try:
                 fn(data)
-            except Exception:  # noqa: BLE001 - one bad subscriber must not starve the others
+            except Exception:
                 log.exception("bus subscriber on %s failed", channel)
 
 
@@ -137,8 +138,8 @@ class RedisBus(Bus):
             finally:
                 try:
                     pubsub.close()
-                except Exception:  # noqa: BLE001
-                    pass
+                except Exception:
+                    log.debug("bus: closing the pub/sub connection failed", exc_info=True)
 
     def close(self) -> None:
         self._stop.set()

@@ -16,8 +16,9 @@ import shutil
 import stat
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 from relaybox.config import Config
 
@@ -195,7 +196,7 @@ def check_clock(config: Config) -> list[Check]:
     if shutil.which("timedatectl"):
         try:
             res = subprocess.run(["timedatectl", "show", "-p", "NTPSynchronized", "--value"],
-                                 capture_output=True, text=True, timeout=5)
+                                 capture_output=True, text=True, timeout=5, check=False)
             if res.returncode == 0 and res.stdout.strip() == "no":
                 out.append(Check("ntp", WARN, "the clock is not NTP-synchronised", "timedatectl set-ntp true"))
         except (OSError, subprocess.TimeoutExpired):

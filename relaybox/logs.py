@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 _SECRET_PATTERNS = [
@@ -49,7 +49,7 @@ class JsonFormatter(logging.Formatter):
     """``{"ts": "...Z", "level": "INFO", "logger": "...", "msg": "...", ...extra}`` per line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        ts = datetime.fromtimestamp(record.created, tz=timezone.utc)
+        ts = datetime.fromtimestamp(record.created, tz=UTC)
         out: dict[str, Any] = {
             "ts": ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(record.msecs):03d}Z",
             "level": record.levelname,

@@ -1,7 +1,7 @@
 """Operations: ``GET /metrics``, request logging, retention pruning, the data-dir lock.
 
 - ``/metrics`` (Prometheus text format, ``prometheus_client``): messages by status and channel,
-  queue depth and oldest age, webhook attempts by outcome, channels/devices online, a request
+  queue depth and oldest age, webhook attempts by outcome (from the attempt log), channels/devices online, a request
   latency histogram. With ``metrics_token`` set it needs ``Authorization: Bearer <token>``;
   without one it answers loopback clients only, and never a request relayed by a proxy
   (``X-Real-IP`` present; waitress drops ``X-Forwarded-*``/``Forwarded`` from untrusted peers
@@ -11,7 +11,8 @@
 - One log line per request (``relaybox.access``: method, route, status, ms; never the query
   string, body or headers, so no key or OTP code).
 - Retention: with ``retention_days`` > 0, finished messages older than that (with their
-  timeline, events and any rows of other areas that reference them) are deleted in small
+  timeline, events and any rows of other areas that reference them) and finished webhook
+  deliveries (with their attempt log) are deleted in small
   transactions every ``retention_interval`` seconds. Other areas opt a table in by giving its
   model a ``retention_field`` class attribute (the name of an integer-ms time column).
 """
@@ -23,11 +24,18 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from flask import Response, g, request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from relaybox.errors import ApiError
@@ -84,8 +92,8 @@ class _DatabaseCollector(Collector):
             k[1] += 1
             try:
                 k[0] += int(bool(ch.enabled() and ch.online()))
-            except Exception:  # noqa: BLE001 - a broken channel counts as offline
-                pass
+            except Exception:
+                log.debug("channel %s status failed", getattr(ch, "id", "?"), exc_info=True)
         for kind, (up, n) in sorted(kinds.items()):
             online.add_metric([kind], up)
             total.add_metric([kind], n)
@@ -93,6 +101,24 @@ class _DatabaseCollector(Collector):
         yield total
         yield GaugeMetricFamily("relaybox_devices_online", "Paired Android phones online (this process)",
                                 value=kinds.get("android", [0, 0])[0])
+
+        try:
+            from relaybox.webhooks import WebhookAttempt, WebhookDelivery
+        except ImportError:  # pragma: no cover - the webhooks area is part of the package
+            return
+        attempts = CounterMetricFamily("relaybox_webhook_attempts",
+                                       "Webhook delivery attempts in the attempt log, by outcome",
+                                       labels=["outcome"])
+        for outcome, n in (WebhookAttempt.select(WebhookAttempt.outcome, fn.COUNT(WebhookAttempt.id))
+                           .group_by(WebhookAttempt.outcome).tuples()):
+            attempts.add_metric([outcome], n)
+        yield attempts
+        deliveries = GaugeMetricFamily("relaybox_webhook_deliveries", "Webhook deliveries by state",
+                                       labels=["state"])
+        for state, n in (WebhookDelivery.select(WebhookDelivery.state, fn.COUNT(WebhookDelivery.id))
+                         .group_by(WebhookDelivery.state).tuples()):
+            deliveries.add_metric([state], n)
+        yield deliveries
 
 
 class Metrics:
@@ -104,9 +130,6 @@ class Metrics:
             "relaybox_http_request_duration_seconds", "HTTP request latency by route",
             ["method", "route", "status"], registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-        self.webhook_attempts = Counter(
-            "relaybox_webhook_attempts", "Webhook delivery attempts by outcome (success, failure, timeout...)",
-            ["outcome"], registry=self.registry)
         self.state_changes = Counter(
             "relaybox_message_transitions", "Message status changes made by this process", ["status"],
             registry=self.registry)
@@ -114,12 +137,6 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def count_webhook_attempt(outcome: str) -> None:
-    """For the webhook sender: one delivery attempt ended with ``outcome``."""
-    if _current is not None:
-        _current.webhook_attempts.labels(outcome=outcome).inc()
 
 
 def _is_local_request() -> bool:
@@ -193,6 +210,24 @@ def prune(cutoff_ms: int, chunk: int = 500) -> dict[str, int]:
     for i in range(0, len(ids), chunk):
         with write_tx():
             add("batch", Batch.delete().where(Batch.id << ids[i:i + chunk]).execute())
+    # Webhook deliveries that ended (their attempt log goes with them), and test-bin entries.
+    try:
+        from relaybox.webhooks import WebhookAttempt, WebhookBinEntry, WebhookDelivery
+    except ImportError:  # pragma: no cover
+        WebhookDelivery = None  # type: ignore[assignment,misc]
+    if WebhookDelivery is not None:
+        while True:
+            ids = [r.id for r in WebhookDelivery.select(WebhookDelivery.id).where(
+                (WebhookDelivery.completed_at < cutoff_ms) & (WebhookDelivery.state != "pending")).limit(chunk)]
+            if not ids:
+                break
+            with write_tx():
+                add("webhook_attempt", WebhookAttempt.delete().where(WebhookAttempt.delivery << ids).execute())
+                add("webhook_delivery", WebhookDelivery.delete().where(WebhookDelivery.id << ids).execute())
+            if len(ids) < chunk:
+                break
+        with write_tx():
+            add("webhook_bin_entry", WebhookBinEntry.delete().where(WebhookBinEntry.received_at < cutoff_ms).execute())
     # Tables of other areas that opted in with ``retention_field``.
     for model in all_models():
         name = getattr(model, "retention_field", None)
@@ -255,7 +290,7 @@ class ServeLock:
     def __call__(self) -> None:
         if self._fh is not None:
             return
-        fh = open(self.path, "a+")
+        fh = open(self.path, "a+")  # noqa: SIM115 - held open for the life of the process
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -16,8 +16,15 @@ from pathlib import Path
 
 import pytest
 import requests
-
-from ops_support import Load, audit, health_ok, p, sqlite_db, time_until, wait_all_finished
+from ops_support import (
+    Load,
+    audit,
+    health_ok,
+    p,
+    sqlite_db,
+    time_until,
+    wait_all_finished,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -110,7 +117,6 @@ def test_database_locked_by_another_process_delays_then_recovers(server_factory)
     con.execute("BEGIN IMMEDIATE")
     time.sleep(3)
     con.execute("ROLLBACK")
-    t_release = time.monotonic()
     short_recovery = time_until(lambda: len(load.accepted) > n0 + 5, timeout=30)
     # 2) A lock held longer than busy_timeout (10 s): sends answer QUEUE_FAILED (503), never 500.
     statuses_before = dict(load.statuses)
@@ -118,7 +124,6 @@ def test_database_locked_by_another_process_delays_then_recovers(server_factory)
     time.sleep(12)
     con.execute("ROLLBACK")
     con.close()
-    t_release = time.monotonic()
     n1 = len(load.accepted)
     long_recovery = time_until(lambda: len(load.accepted) > n1 + 5, timeout=30)
     time.sleep(0.5)
@@ -149,7 +154,7 @@ def _mount_tmpfs(path: Path, size: str) -> None:
     if os.geteuid() != 0:
         pytest.skip("disk-full simulation mounts a small tmpfs: needs root")
     res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     if res.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip()}); disk-full simulation skipped")
 
@@ -210,7 +215,7 @@ def test_disk_full_on_the_data_dir_refuses_cleanly_and_recovers(server_factory, 
     finally:
         if srv is not None:
             srv.stop()
-        subprocess.run(["umount", "-l", str(data)], capture_output=True)
+        subprocess.run(["umount", "-l", str(data)], capture_output=True, check=False)
 
 
 class _Receiver:
@@ -225,7 +230,7 @@ class _Receiver:
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 outer.received.append((self.headers.get("webhook-id", ""), _json.loads(body)))
                 self.send_response(204)
