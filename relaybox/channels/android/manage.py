@@ -83,14 +83,22 @@ def pairing_data(p: pairing_mod.Pairing, tls: bool) -> dict[str, Any]:
 # -- endpoints -------------------------------------------------------------------------------------------
 @bp.get("/devices")
 def list_devices(query: PageQuery):
-    """Paired phones: online state, last seen, battery, SIMs, queue depth, sent today."""
+    """Paired phones (online state, last seen, battery, SIMs, queue depth, sent today), then the
+    USB modems (``kind: modem``, as ``/modems`` shows them)."""
+    from relaybox.channels.modem.channel import device_views
+
     account = current_account()
     q = Device.select().order_by(Device.created_at)
     if not account.is_owner:
         q = q.where(Device.account == account)
-    total = q.count()
+    phones = q.count()
     rows = list(q.paginate(query.page, query.limit))
-    return envelope({"devices": [view(area().channel(d)) for d in rows], "page": query.page,
+    items = [view(area().channel(d)) for d in rows]
+    modems = device_views(area().runtime, account)
+    start = max(0, (query.page - 1) * query.limit - phones)
+    items += modems[start:start + query.limit - len(items)]
+    total = phones + len(modems)
+    return envelope({"devices": items, "page": query.page,
                      "limit": query.limit, "total": total, "has_more": query.page * query.limit < total})
 
 
