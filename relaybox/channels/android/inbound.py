@@ -22,10 +22,8 @@ from relaybox.channels.android.models import Device, InboundEvent
 from relaybox.channels.android.pairing import signing_key
 from relaybox.channels.android.protocol import WebhookEventIn, parse_date
 from relaybox.db import write_tx
-from relaybox.ids import new_id
-from relaybox.models import Message, MessageEvent
-from relaybox.sms.pdu import analyze
-from relaybox.timeutil import iso, now_ms
+from relaybox.messages import store_inbound
+from relaybox.timeutil import now_ms
 
 if TYPE_CHECKING:  # pragma: no cover
     from relaybox.channels.android.channel import AndroidChannel
@@ -98,35 +96,11 @@ def _store_sms(ch: AndroidChannel, event: WebhookEventIn) -> list[Any]:
     own = next((s.get("number") for s in ch.device.sim_cards or []
                 if sim_number is not None and s.get("simNumber") == sim_number and s.get("number")), None)
     recipient = own or _number(p.get("recipient")) or (ch.numbers()[0] if len(ch.numbers()) == 1 else "")
-    now = now_ms()
-    received = parse_date(p.get("receivedAt"))
-    received = min(received, now) if received else now
-    info = analyze(text) if text else None
-    mid = new_id("in")
-    account_id = ch.device.account_id
-    m = Message.create(
-        id=mid, account=account_id, client_reference_id=mid, direction="inbound",
-        to_number=recipient[:NUMBER_MAX], from_number=sender[:NUMBER_MAX], body=text, status="received",
-        segments=info.segments if info else 1, encoding=info.encoding if info else "GSM-7",
-        channel_id=ch.id, attempts=0, sequence=1, report_expected=False,
-        created_at=received, updated_at=now,
-    )
     detail = {"sim_number": sim_number, "device_message_id": p.get("messageId"), "event_id": event.id}
-    MessageEvent.insert(message=mid, seq=1, status="received", at=received, channel_id=ch.id,
-                        detail={k: v for k, v in detail.items() if v is not None}).execute()
-    payload = {
-        "event": "message.inbound",
-        "message_id": mid,
-        "from": m.from_number,
-        "to": m.to_number,
-        "body": text,
-        "timestamp": iso(received, millis=False),
-        "unix_timestamp": received,
-        "media_urls": [],
-        "device_id": ch.id,
-    }
-    log.info("message %s received by %s from %s", mid, ch.id, m.from_number)
-    return [events.record(account_id, "message.inbound", payload, mid)]
+    _m, ev = store_inbound(account_id=ch.device.account_id, channel_id=ch.id, sender=sender,
+                           recipient=recipient, body=text, received_at=parse_date(p.get("receivedAt")),
+                           detail={k: v for k, v in detail.items() if v is not None})
+    return [ev]
 
 
 def _check(checks: dict[str, Any], name: str) -> Any:
