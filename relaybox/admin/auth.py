@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import redirect, request, session, url_for
+from flask import redirect, request, url_for
 from flask_babel import gettext as _
 
 from relaybox.admin import users
-from relaybox.admin.web import bp, current_user, login_bp, page, safe_next, start_session
+from relaybox.admin.web import bp, current_user, end_session, login_bp, page, safe_next, start_session
 
 
 @login_bp.route("/login", methods=["GET", "POST"])
@@ -28,8 +28,5 @@ def login() -> Any:
 
 @bp.route("/logout", methods=["POST"])
 def logout() -> Any:
-    lang = session.get("lang")
-    session.clear()
-    if lang:
-        session["lang"] = lang
+    end_session()
     return redirect(url_for("admin_login.login"))

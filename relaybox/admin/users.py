@@ -6,12 +6,14 @@ checked once per login, so it gets a slow, memory-hard hash (LIBRARIES.md 6a).
 from __future__ import annotations
 
 import re
+import secrets
 
 import peewee as pw
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from relaybox.db import BaseModel, write_tx
+from relaybox.security import digest
 from relaybox.timeutil import now_ms
 
 _hasher = PasswordHasher()
@@ -28,6 +30,42 @@ class AdminUser(BaseModel):
     password_hash = pw.CharField(max_length=255)
     created_at = pw.BigIntegerField()
     last_login_at = pw.BigIntegerField(null=True)
+
+
+class AdminSession(BaseModel):
+    """A logged-in browser. The cookie holds a random id; the table holds only its HMAC, so
+    logging out (or a new password) really ends a session, unlike a bare signed cookie."""
+
+    id_hash = pw.CharField(max_length=64, primary_key=True)
+    user = pw.ForeignKeyField(AdminUser, backref="sessions", on_delete="CASCADE")
+    created_at = pw.BigIntegerField()
+    expires_at = pw.BigIntegerField(index=True)
+
+
+SESSION_PURPOSE = "admin-session"
+
+
+def open_session(user: AdminUser, ttl_ms: int) -> str:
+    sid = secrets.token_urlsafe(32)
+    now = now_ms()
+    with write_tx():
+        AdminSession.delete().where(AdminSession.expires_at < now).execute()
+        AdminSession.create(id_hash=digest(sid, SESSION_PURPOSE), user=user, created_at=now, expires_at=now + ttl_ms)
+    return sid
+
+
+def session_user(sid: str) -> AdminUser | None:
+    if not sid or len(sid) > 100:
+        return None
+    row = (AdminSession.select(AdminSession, AdminUser).join(AdminUser)
+           .where((AdminSession.id_hash == digest(sid, SESSION_PURPOSE)) & (AdminSession.expires_at > now_ms()))
+           .first())
+    return row.user if row is not None else None
+
+
+def close_session(sid: str) -> None:
+    with write_tx():
+        AdminSession.delete().where(AdminSession.id_hash == digest(sid, SESSION_PURPOSE)).execute()
 
 
 class AdminUserError(ValueError):
@@ -56,6 +94,9 @@ def set_password(username: str, password: str) -> None:
     with write_tx():
         n = (AdminUser.update(password_hash=_hasher.hash(password))
              .where(AdminUser.username == username).execute())
+        # A new password ends every session of that user.
+        AdminSession.delete().where(AdminSession.user.in_(
+            AdminUser.select(AdminUser.id).where(AdminUser.username == username))).execute()
     if not n:
         raise AdminUserError(f"no admin user {username!r}")
 

@@ -8,7 +8,6 @@ CSRF is checked on the session-authenticated area (/admin) only.
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,30 +38,36 @@ def wants_json() -> bool:
             or request.accept_mimetypes.best == "application/json")
 
 
-# -- session ------------------------------------------------------------------------------------
-def _password_epoch(user: users.AdminUser) -> str:
-    """Changes when the password changes, so a new password logs out every old session."""
-    return hashlib.sha256(user.password_hash.encode()).hexdigest()[:16]
-
-
+# -- session ----------------------------------------------------------------------------------------
 def start_session(user: users.AdminUser) -> None:
     lang = session.get("lang")
-    session.clear()  # no fixation: a fresh session at login
+    old = session.get("sid")
+    if old:
+        users.close_session(old)
+    session.clear()  # no fixation: a fresh session id at login
     session.permanent = True
-    session["uid"] = user.id
-    session["epoch"] = _password_epoch(user)
+    session["sid"] = users.open_session(user, SESSION_HOURS * 3_600_000)
+    if lang:
+        session["lang"] = lang
+
+
+def end_session() -> None:
+    sid = session.get("sid")
+    if sid:
+        users.close_session(sid)
+    lang = session.get("lang")
+    session.clear()
     if lang:
         session["lang"] = lang
 
 
 def current_user() -> users.AdminUser | None:
-    uid = session.get("uid")
-    if uid is None:
+    sid = session.get("sid")
+    if not sid:
         return None
-    user = users.AdminUser.get_or_none(users.AdminUser.id == uid)
-    if user is None or session.get("epoch") != _password_epoch(user):
-        session.pop("uid", None)
-        return None
+    user = users.session_user(sid)
+    if user is None:
+        session.pop("sid", None)
     return user
 
 
@@ -123,7 +128,7 @@ def template_globals() -> dict[str, Any]:
 
 # -- app wiring ---------------------------------------------------------------------------------
 def init_security(app: Any) -> None:
-    app.config.setdefault("SESSION_COOKIE_NAME", "relaybox_session")
+    app.config["SESSION_COOKIE_NAME"] = "relaybox_session"
     app.config["SESSION_COOKIE_HTTPONLY"] = True
     app.config["SESSION_COOKIE_SAMESITE"] = "Strict"
     app.config["SESSION_COOKIE_PATH"] = "/"
@@ -156,7 +161,7 @@ def init_security(app: Any) -> None:
     limiter = Limiter(get_remote_address, storage_uri="memory://", headers_enabled=True,
                       key_prefix="relaybox-admin")
     limiter.init_app(app)
-    failed = {"methods": ["POST"], "deduct_when": lambda resp: resp.status_code != 302}
+    failed = {"methods": ["POST"], "deduct_when": lambda resp: resp.status_code == 401}
     for value in LOGIN_LIMITS:
         limiter.limit(value, **failed)(login_bp)
     limiter.limit(USER_LIMIT, key_func=lambda: "user:" + (request.form.get("username") or "").lower()[:64],
