@@ -20,6 +20,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(json.dumps({"ok": not any(c.status == FAIL for c in checks), "checks": as_dicts(checks)}))
     else:
         print(render(checks))
+    if checks[0].name == "config" and checks[0].status == FAIL:
+        return 2  # bad config (CONTRACT.md exit codes)
     return 1 if any(c.status == FAIL for c in checks) else 0
 
 
