@@ -878,6 +878,12 @@ def main(argv: list[str] | None = None) -> int:
         prog="relaybox modem simulate",
         description="Run a simulated GSM modem on a pty.",
     )
+    add_arguments(parser)
+    return serve(parser.parse_args(argv))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The simulator's options (also used by the ``relaybox modem simulate`` subcommand)."""
     parser.add_argument(
         "--link", help="also create this symlink to the pty (for replug)"
     )
@@ -901,7 +907,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log every command"
     )
-    args = parser.parse_args(argv)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the simulator described by parsed :func:`add_arguments` options until Ctrl-C."""
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(message)s",
