@@ -19,7 +19,7 @@ from relaybox import __version__
 from relaybox.config import Config, ConfigError, load_config
 
 CLI_MODULES: list[str] = ["relaybox.ops_cli", "relaybox.channels.android.cli", "relaybox.tls", "relaybox.account_cli",
-                         "relaybox.admin_cli"]
+                         "relaybox.admin_cli", "relaybox.channels.modem.cli"]
 
 
 def config_from_args(args: argparse.Namespace, **extra: Any) -> Config:
