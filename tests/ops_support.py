@@ -215,3 +215,47 @@ def health_ok(base_url: str) -> bool:
         return requests.get(base_url + "/api/v1/health", timeout=2).status_code == 200
     except requests.RequestException:
         return False
+
+
+class Receiver:
+    """A webhook receiver on a fixed loopback port that can be down, then up."""
+
+    def __init__(self, port: int) -> None:
+        import http.server
+        import json as _json
+
+        self.port = port
+        self.received: list[tuple[str, dict]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.received.append((self.headers.get("webhook-id", ""), _json.loads(body)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._handler = Handler
+        self._server = None
+
+    def up(self) -> None:
+        import http.server
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), self._handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def down(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

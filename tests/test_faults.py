@@ -18,7 +18,9 @@ import pytest
 import requests
 from ops_support import (
     Load,
+    Receiver,
     audit,
+    free_port,
     health_ok,
     p,
     sqlite_db,
@@ -218,56 +220,12 @@ def test_disk_full_on_the_data_dir_refuses_cleanly_and_recovers(server_factory, 
         subprocess.run(["umount", "-l", str(data)], capture_output=True, check=False)
 
 
-class _Receiver:
-    """A webhook receiver on a fixed loopback port that can be down, then up."""
-
-    def __init__(self, port: int) -> None:
-        import http.server
-        import json as _json
-
-        self.port = port
-        self.received: list[tuple[str, dict]] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                outer.received.append((self.headers.get("webhook-id", ""), _json.loads(body)))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._handler = Handler
-        self._server = None
-
-    def up(self) -> None:
-        import http.server
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), self._handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def down(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_webhook_receiver_down_then_up_gets_every_status_and_sends_stay_fast(server_factory):
     srv = server_factory(sandbox=True, sandbox_delay_ms=30, webhook_retry_schedule="[0,1,1,1,1,1,1,1,1,1,1,1]")
     if str(srv.env.get("RELAYBOX_DATABASE", "")).startswith("postgres"):
         pytest.skip("the attempt audit reads the SQLite file; the scale-out run covers PostgreSQL")
     db = sqlite_db(srv)
-    receiver = _Receiver(_free_port())
+    receiver = Receiver(free_port())
     api = srv.api()
     r = api.put("/webhooks", json={"status_url": f"http://127.0.0.1:{receiver.port}/hook"})
     assert r.status_code == 200, r.text
