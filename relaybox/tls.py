@@ -19,12 +19,11 @@ import json
 import os
 import socket
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+if TYPE_CHECKING:  # pragma: no cover - cryptography is imported when a certificate is made
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 CA_DAYS = 3650
 SERVER_DAYS = 825
@@ -79,15 +78,22 @@ def _write(path: str, data: bytes, secret: bool = False) -> None:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
 
 def _make_ca(label: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "relaybox"),
                       x509.NameAttribute(NameOID.COMMON_NAME, f"relaybox local CA ({label})"[:64])])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
@@ -104,8 +110,13 @@ def _make_ca(label: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
 
 def _make_server(ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate, hosts: list[str],
                  ips: list[str]) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     sans: list[x509.GeneralName] = [x509.DNSName(h) for h in hosts]
     sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]
     ca_ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
@@ -130,6 +141,10 @@ def _make_server(ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate, hosts
 def init_tls(data_dir: str, hosts: list[str] | None = None, ips: list[str] | None = None, *,
              new_ca: bool = False, lan: bool = True) -> dict[str, Any]:
     """Create (or keep) the CA and (re)issue the server certificate. Returns what was written."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     out_dir = tls_dir(data_dir)
     os.makedirs(out_dir, mode=0o700, exist_ok=True)
     hosts = list(dict.fromkeys((hosts or []) + default_hosts()))

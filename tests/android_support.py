@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import socket
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import requests
 from playhouse.db_url import connect
@@ -53,14 +54,16 @@ class Phones:
         if start:
             dev.start()
             assert dev.wait_for(lambda: dev.connected or dev.push_token is not None, 10), dev.errors
+            if dev.push_token is None and dev.registrations:  # a first stream starts with the syncs
+                dev.wait_for(lambda: any(e.name == "SettingsUpdated" for e in dev.events), 3)
         return dev
 
     def stop_all(self) -> None:
         for d in self.devices:
             try:
                 d.stop(timeout=2)
-            except Exception:  # noqa: BLE001 - teardown
-                pass
+            except Exception as exc:  # noqa: BLE001 - teardown goes on
+                print(f"stopping {d.name} failed: {exc}")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
@@ -164,7 +167,7 @@ class RawSSE:
             self.sock.settimeout(max(0.01, deadline - time.monotonic()))
             try:
                 chunk = self.sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 break
             if not chunk:
                 break
@@ -177,7 +180,7 @@ class RawSSE:
             self.sock.settimeout(max(0.01, deadline - time.monotonic()))
             try:
                 chunk = self.sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 return False
             except OSError:
                 return True

@@ -6,11 +6,10 @@ import hashlib
 import hmac
 import json
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import requests
-
 from android_support import Phones, device_view, events_of, phone_server, wait_for
 
 

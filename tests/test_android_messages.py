@@ -3,13 +3,26 @@ each message sent exactly once across phones, a phone killed mid-run, presence e
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import requests
+from android_support import (
+    UA,
+    Phones,
+    RawSSE,
+    device_view,
+    events_of,
+    message,
+    mobile_url,
+    new_code,
+    phone_server,
+    register_raw,
+    send,
+    timeline,
+    wait_for,
+)
 
-from android_support import (UA, Phones, RawSSE, device_view, events_of, message, mobile_url, new_code,
-                             phone_server, register_raw, send, timeline, wait_for)
 from relaybox.channels.android.protocol import parse_date
 
 
@@ -135,14 +148,14 @@ def test_killed_phone_unpulled_messages_rerouted_pulled_ones_never_resent(server
 
     # A goes offline: what it never pulled is routed again and delivered by B or C.
     for mid in second + [x for x in first if x not in pulled_by_a]:
-        wait_for(lambda: message(srv, mid)["status"] == "delivered", 20, message=f"{mid} delivered")
+        wait_for(lambda mid=mid: message(srv, mid)["status"] == "delivered", 20, message=f"{mid} delivered")
     for mid in routed_to_a:
         got = message(srv, mid)
         assert got["device_id"] in (b.device_id, c.device_id) and got["attempts"] == 1
     # What A pulled is never handed to anyone else: dispatched until the TTL, then DEVICE_TIMEOUT.
     assert not pulled_by_a & (set(b.messages) | set(c.messages))
     for mid in pulled_by_a:
-        wait_for(lambda: message(srv, mid)["status"] == "failed", 20, message=f"{mid} timed out")
+        wait_for(lambda mid=mid: message(srv, mid)["status"] == "failed", 20, message=f"{mid} timed out")
         got = message(srv, mid)
         assert got["error_code"] == "DEVICE_TIMEOUT" and got["attempts"] == 1 and got["device_id"] == a.device_id
     assert not pulled_by_a & (set(b.messages) | set(c.messages))

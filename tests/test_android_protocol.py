@@ -6,8 +6,17 @@ import re
 
 import pytest
 import requests
+from android_support import (
+    UA,
+    RawSSE,
+    mobile_url,
+    new_code,
+    phone_server,
+    register_raw,
+    send,
+    timeline,
+)
 
-from android_support import UA, RawSSE, mobile_url, new_code, phone_server, register_raw, send, timeline
 from relaybox.channels.android.protocol import format_date, parse_date
 
 APP_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}\+00:00$")

@@ -11,15 +11,15 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
+from android_support import Phones, new_code, phone_server, send, wait_for
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from android_support import Phones, new_code, phone_server, send, wait_for
 from relaybox.channels.android.simulator import SimulatedDevice
 from relaybox.tls import init_tls
 
@@ -106,7 +106,7 @@ def nginx_https(server_factory, tmp_path):
         pytest.skip("nginx is not installed (Debian: apt-get install nginx-light; .ci/run installs it)")
     srv = phone_server(server_factory)
     out = subprocess.run([sys.executable, "-m", "relaybox.cli", "tls", "init", "--data-dir", str(srv.data_dir),
-                          "--host", "relaybox.test", "--no-lan", "--json"], env=srv.env, capture_output=True,
+                          "--host", "relaybox.test", "--no-lan", "--json"], env=srv.env, capture_output=True, check=False,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     ca = json.loads(out.stdout)["ca"]
@@ -115,7 +115,7 @@ def nginx_https(server_factory, tmp_path):
     ng.mkdir()
     conf = _nginx_conf(ng, srv.data_dir, port, srv.port)
     check = subprocess.run([nginx, "-t", "-p", str(ng), "-c", str(conf), "-e", str(ng / "early.log")],
-                           capture_output=True, text=True, timeout=30)
+                           capture_output=True, text=True, timeout=30, check=False)
     assert check.returncode == 0, check.stderr
     proc = subprocess.Popen([nginx, "-p", str(ng), "-c", str(conf), "-e", str(ng / "early.log")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

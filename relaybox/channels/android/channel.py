@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -168,7 +168,7 @@ class AndroidArea:
         """Unpair: the token stops working at once and any open stream ends."""
         with write_tx():
             Device.delete().where(Device.id == device_id).execute()
-            DeviceMessage.delete().where((DeviceMessage.device_id == device_id)).execute()
+            DeviceMessage.delete().where(DeviceMessage.device_id == device_id).execute()
         ch = self.channels.pop(device_id, None)
         if ch is not None:
             ch.removed = True
@@ -217,7 +217,7 @@ class AndroidArea:
         if self.runtime.started and tasks is not None:
             try:
                 tasks.route_pending()
-            except Exception:  # noqa: BLE001 - the housekeeper routes on its next sweep anyway
+            except Exception:
                 log.exception("could not enqueue routing")
 
     def sweep(self) -> None:
@@ -243,7 +243,7 @@ class AndroidArea:
         for ch in list(self.channels.values()):
             try:
                 ch.persist_seen(force=True)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("could not save last seen of %s", ch.id)
 
 
@@ -284,7 +284,7 @@ def _day_start(tz_name: str) -> int:
     try:
         tz: Any = ZoneInfo(tz_name or "UTC")
     except Exception:  # noqa: BLE001 - unknown zone name: count the UTC day
-        tz = timezone.utc
+        tz = UTC
     now = datetime.now(tz)
     return int(now.replace(hour=0, minute=0, second=0, microsecond=0).timestamp() * 1000)
 

@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-from relaybox.channels.android.pairing import MOBILE_PREFIX
+MOBILE_PREFIX = "/api/mobile/v1"  # as relaybox.channels.android.pairing (kept light: no imports)
 
 
 def default_api_url(config: Any) -> str:

@@ -62,7 +62,10 @@ def pull(ch: AndroidChannel, order: str) -> list[dict[str, Any]]:
                & (DeviceMessage.reported_at.is_null() | DeviceMessage.cancel_at.is_null(False)))
         .order_by(Message.priority, id_order).limit(MAX_PULL).objects())
     claimed: list[Message] = []
-    if ch.enabled() and len(again) < MAX_PULL:
+    # Claiming takes the write lock: only when something waits (a read costs no lock in WAL).
+    waiting = Message.select(Message.id).where(
+        (Message.status == "queued") & (Message.channel_id == ch.id)).limit(1).exists()
+    if waiting and ch.enabled() and len(again) < MAX_PULL:
         claimed = messages.claim_for_channel(ch.id, limit=MAX_PULL - len(again), order=order)
         if claimed:
             ch.area.runtime.router.claimed(ch.id, len(claimed))
@@ -112,20 +115,27 @@ def apply_report(ch: AndroidChannel, item: StateUpdateIn) -> None:
     elif len(item.recipients) == 1:
         state, error = item.recipients[0].state or state, item.recipients[0].error
     now = now_ms()
-    with write_tx():
-        n = (DeviceMessage.update(reported_at=now, last_state=state)
-             .where(DeviceMessage.message_id == m.id).execute())
-        if not n:
-            DeviceMessage.insert(message_id=m.id, device_id=ch.id, reported_at=now,
-                                 last_state=state).on_conflict_ignore().execute()
+    if m.status == "dispatched":
+        # The first report stops the re-serving on pulls (later ones change nothing here).
+        row = DeviceMessage.get_or_none(DeviceMessage.message_id == m.id)
+        if row is None or row.reported_at is None:
+            with write_tx():
+                n = (DeviceMessage.update(reported_at=now, last_state=state)
+                     .where(DeviceMessage.message_id == m.id).execute())
+                if not n:
+                    DeviceMessage.insert(message_id=m.id, device_id=ch.id, reported_at=now,
+                                         last_state=state).on_conflict_ignore().execute()
     times = {k: parse_date(v) for k, v in item.states.items()}
     if state == "Sent":
-        messages.transition(m.id, "sent", at=_clamp(times.get("Sent"), m, now), expect_channel=ch.id)
+        if m.status == "dispatched":
+            messages.transition(m.id, "sent", at=_clamp(times.get("Sent"), m, now), expect_channel=ch.id)
     elif state == "Delivered":
-        messages.transition(m.id, "sent", at=_clamp(times.get("Sent") or times.get("Delivered"), m, now),
-                            expect_channel=ch.id)
-        messages.transition(m.id, "delivered", at=_clamp(times.get("Delivered"), m, now),
-                            expect_channel=ch.id)
+        if m.status == "dispatched":
+            messages.transition(m.id, "sent", at=_clamp(times.get("Sent") or times.get("Delivered"), m, now),
+                                expect_channel=ch.id)
+        if m.status in ("dispatched", "sent"):
+            messages.transition(m.id, "delivered", at=_clamp(times.get("Delivered"), m, now),
+                                expect_channel=ch.id)
     elif state == "Failed":
         messages.transition(m.id, "failed", at=_clamp(times.get("Failed"), m, now), error_code=FAILED_CODE,
                             error_message=(error or "the phone reported the send as failed")[:1000],

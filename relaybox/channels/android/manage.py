@@ -14,7 +14,14 @@ from flask import Blueprint, Response, current_app, render_template, request, se
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, Field, ValidationError
 
-from relaybox.api.common import E164, SECURITY, HttpUrl, PageQuery, StrictBody, current_account
+from relaybox.api.common import (
+    E164,
+    SECURITY,
+    HttpUrl,
+    PageQuery,
+    StrictBody,
+    current_account,
+)
 from relaybox.channels.android import pairing as pairing_mod
 from relaybox.channels.android.channel import AndroidArea, AndroidChannel, view
 from relaybox.channels.android.mobile import mobile_base

@@ -12,8 +12,9 @@ import logging
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from functools import wraps
-from typing import Any, Callable
+from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
 from pydantic import BaseModel, ValidationError
@@ -22,12 +23,24 @@ from relaybox.accounts import owner_account
 from relaybox.channels.android import dispatch, inbound
 from relaybox.channels.android.channel import AndroidArea, AndroidChannel, merge_sims
 from relaybox.channels.android.models import Device, PairingCode
-from relaybox.channels.android.pairing import (MOBILE_PREFIX, new_device_token, redeem_code, signing_key,
-                                               token_hash)
-from relaybox.channels.android.protocol import (PatchDeviceIn, RegisterIn, StateUpdateIn, WebhookEventIn,
-                                                app_version, first_error, format_date)
+from relaybox.channels.android.pairing import (
+    MOBILE_PREFIX,
+    new_device_token,
+    redeem_code,
+    signing_key,
+    token_hash,
+)
+from relaybox.channels.android.protocol import (
+    PatchDeviceIn,
+    RegisterIn,
+    StateUpdateIn,
+    WebhookEventIn,
+    app_version,
+    first_error,
+    format_date,
+)
 from relaybox.channels.android.sse import KEEPALIVE, frame
-from relaybox.db import write_tx
+from relaybox.db import db, write_tx
 from relaybox.ids import new_id
 from relaybox.timeutil import now_ms
 
@@ -299,6 +312,7 @@ def events_stream():
         try:
             # Headers go out with the first bytes: the app's onOpen (and its pull) fires now.
             yield KEEPALIVE
+            _release_db_connection()  # this thread now only waits; its SQLite connection is idle
             if first_sync:  # the app's start-up sync raced its registration (§7)
                 yield frame("WebhooksUpdated") + frame("SettingsUpdated")
             last = time.monotonic()
@@ -327,6 +341,15 @@ def events_stream():
     resp.headers["Cache-Control"] = "no-cache"
     resp.headers["X-Accel-Buffering"] = "no"  # nginx: pass every event through at once
     return resp
+
+
+def _release_db_connection() -> None:
+    """Close this thread's database connection (reopened on its next query)."""
+    try:
+        if not db.in_transaction():
+            db.close()
+    except Exception:
+        log.debug("could not close the stream thread's connection", exc_info=True)
 
 
 # -- #7-#8 webhooks and settings ------------------------------------------------------------------------

@@ -10,10 +10,8 @@ from __future__ import annotations
 import io
 import secrets
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
-
-import qrcode
-import qrcode.image.svg
 
 from relaybox.channels.android.models import PairingCode
 from relaybox.db import write_tx
@@ -123,7 +121,9 @@ def signing_key(device_id: str, version: int) -> str:
 
 
 # -- QR codes --------------------------------------------------------------------------------------
-def _qr(data: str) -> qrcode.QRCode:
+def _qr(data: str) -> Any:
+    import qrcode  # imported on use: the server only needs it when a code is made
+
     qr = qrcode.QRCode(border=2, error_correction=qrcode.constants.ERROR_CORRECT_M)
     qr.add_data(data)
     qr.make(fit=True)
@@ -139,6 +139,8 @@ def qr_text(data: str) -> str:
 
 def qr_svg(data: str) -> str:
     """A standalone SVG QR code (no Pillow needed)."""
+    import qrcode.image.svg
+
     img = _qr(data).make_image(image_factory=qrcode.image.svg.SvgPathImage)
     return img.to_string(encoding="unicode")
 
@@ -153,9 +155,9 @@ def steps(api_url: str, code: str, tls: bool) -> list[str]:
     out += [
         f"In the app: Settings > Cloud Server > API URL = {api_url}",
         "Settings > Cloud Server > Notification channel = SSE Only (real time without Google push).",
-        "Home: enable \"Cloud server\", tap Start, choose \"Sign in by code\" and enter the code "
-        f"{code} (valid 10 minutes, once).",
-        "Allow the permissions and keep the app's foreground service on, so sending and the status "
-        "heartbeat continue.",
+        (f"Home: enable \"Cloud server\", tap Start, choose \"Sign in by code\" and enter the code {code} "
+         "(valid 10 minutes, once)."),
+        ("Allow the permissions and keep the app's foreground service on, so sending and the status "
+         "heartbeat continue."),
     ]
     return out

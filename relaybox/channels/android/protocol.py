@@ -6,7 +6,7 @@ and default every optional one; a body of the wrong shape is a 400 with ``{"mess
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,7 +24,7 @@ def format_date(ms: int | None) -> str | None:
     """``2026-11-22T10:15:30.123+00:00``: the app's own pattern ``yyyy-MM-dd'T'HH:mm:ss.SSSXXX``."""
     if ms is None:
         return None
-    dt = datetime.fromtimestamp(ms // 1000, tz=timezone.utc)
+    dt = datetime.fromtimestamp(ms // 1000, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}+00:00"
 
 
@@ -48,7 +48,7 @@ def parse_date(value: Any) -> int | None:
     if clock.count(":") == 1:
         clock += ":00"
     try:
-        dt = datetime.fromisoformat(f"{day}T{clock}").replace(tzinfo=timezone.utc)
+        dt = datetime.fromisoformat(f"{day}T{clock}").replace(tzinfo=UTC)
     except ValueError:
         return None
     ms = int(dt.timestamp() * 1000) + (int((frac or "0")[:3].ljust(3, "0")))

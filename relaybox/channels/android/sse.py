@@ -17,7 +17,8 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("relaybox.android.sse")
 
@@ -161,5 +162,5 @@ class SSEHub:
             return
         try:
             dispatcher.set_thread_count(target)
-        except Exception:  # noqa: BLE001 - never fail a phone's request over pool sizing
+        except Exception:
             log.exception("could not resize the waitress thread pool")
