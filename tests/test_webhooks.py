@@ -601,3 +601,35 @@ def test_a_status_url_pointing_at_the_bin_works(fast_sandbox: Any) -> None:
     req = {"body": json.dumps(item["payload"], separators=(",", ":"), ensure_ascii=False).encode(),
            "headers": item["headers"]}
     assert verify(secret_of(api), req)["message_id"] == mid
+
+
+# -- the HTTP client's limits (in-process, against a real receiver) ----------------------------------
+def test_attempts_time_out_and_keep_only_the_first_kilobyte(receivers: Any, monkeypatch: Any) -> None:
+    from relaybox import webhooks as wh
+
+    assert wh.TIMEOUT_S == 15  # the documented timeout; shortened below so the test stays quick
+    secret = "whsec_" + "A" * 43 + "="
+    slow = receivers([(200, {}, "late")], delay=2.0)
+    monkeypatch.setattr(wh, "TIMEOUT_S", 0.5)
+    t0 = time.monotonic()
+    res = wh.post_signed(slow.url(), '{"a":1}', "whd_T", [secret])
+    assert time.monotonic() - t0 < 1.8
+    assert res.http_status is None and res.error.startswith("timeout")
+    big = receivers([(503, {"Retry-After": "7"}, "é" * 2000)])
+    res = wh.post_signed(big.url(), '{"a":1}', "whd_T", [secret])
+    assert res.http_status == 503 and res.retry_after == 7.0
+    assert len(res.response_body.encode("utf-8", "replace")) <= 1024
+    assert Webhook(secret).verify(big.requests[0]["body"], big.requests[0]["headers"]) == {"a": 1}
+
+
+def test_retry_after_values_are_parsed_and_capped() -> None:
+    from email.utils import format_datetime
+
+    from relaybox.webhooks import parse_retry_after
+
+    assert parse_retry_after("120") == 120.0
+    assert parse_retry_after("999999") == 86400
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    assert 25 <= parse_retry_after(when) <= 31
+    assert parse_retry_after(format_datetime(datetime.now(UTC) - timedelta(hours=1), usegmt=True)) == 0.0
