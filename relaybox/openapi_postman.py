@@ -33,8 +33,13 @@ EXAMPLES_BY_NAME: dict[str, Any] = {
     "body": "Hello from relaybox", "text": "Hello from relaybox", "purpose": "login", "code": "123456",
     "name": "Example", "locale": "en", "numbers": ["+923001234567", "+923001234568"],
     "messages": [{"to": "+923001234567", "body": "Hello from relaybox"}],
-    "otp_id": "{{otp_id}}", "message_id": "{{message_id}}", "url": "https://example.com/webhooks",
+    "otp_id": "{{id_otp}}", "message_id": "{{id_req}}", "csv": "name,phone\nAsha,+923001234567\n",
+    # A webhook URL that works on every box: its own test bin.
+    "url": "{{baseUrl}}/status/bin",
 }
+# Optional fields sent anyway: the API needs one of several (otp_id or to + purpose, numbers or
+# tags) or the request is pointless without it (the test webhook's target).
+ALWAYS_INCLUDE = {"numbers", "otp_id", "url"}
 
 
 # -- schema helpers ---------------------------------------------------------------------------------
@@ -76,7 +81,8 @@ def example_for(spec: dict[str, Any], schema: dict[str, Any] | None, name: str =
         if depth > 4:
             return {}
         props = schema.get("properties", {})
-        return {k: example_for(spec, props[k], k, depth + 1) for k in schema.get("required", []) if k in props}
+        wanted = [k for k in props if k in schema.get("required", []) or (depth == 0 and k in ALWAYS_INCLUDE)]
+        return {k: example_for(spec, props[k], k, depth + 1) for k in wanted}
     if kind == "array":
         n = max(1, int(schema.get("minItems", 1)))
         return [example_for(spec, schema.get("items"), name.rstrip("s"), depth + 1) for _ in range(n)]
@@ -88,7 +94,7 @@ def example_for(spec: dict[str, Any], schema: dict[str, Any] | None, name: str =
         return True
     if kind == "string":
         if schema.get("format") in ("uri", "url") or name.endswith("url") or name.endswith("callback"):
-            return "https://example.com/webhooks"
+            return "{{baseUrl}}/messages/bin" if "inbound" in name else "{{baseUrl}}/status/bin"
         pattern = schema.get("pattern", "")
         if pattern.startswith("^[0-9]") or pattern.startswith("^\\d"):
             return "123456"[: max(int(schema.get("minLength", 4)), 4)]
@@ -97,7 +103,22 @@ def example_for(spec: dict[str, Any], schema: dict[str, Any] | None, name: str =
 
 
 # -- scripts ----------------------------------------------------------------------------------------
-def _test_script(codes: list[int], captures_key: bool) -> list[str]:
+def _test_script(codes: list[int], captures_key: bool, success_type: str = "application/json") -> list[str]:
+    if success_type != "application/json":
+        # A download (CSV, ...): the documented status and media type; errors are still envelopes.
+        return [
+            f"const documented = {json.dumps(codes)};",
+            "pm.test('status is documented for this operation (' + documented.join(', ') + ')', function () {",
+            "    pm.expect(documented).to.include(pm.response.code);",
+            "});",
+            "pm.test('body is " + success_type + " or the error envelope', function () {",
+            "    if (pm.response.code < 300) {",
+            f"        pm.expect(pm.response.headers.get('Content-Type')).to.include({json.dumps(success_type)});",
+            "    } else {",
+            "        pm.expect(pm.response.json().ok).to.eql(false);",
+            "    }",
+            "});",
+        ]
     lines = [
         f"const documented = {json.dumps(codes)};",
         "pm.test('status is documented for this operation (' + documented.join(', ') + ')', function () {",
@@ -173,6 +194,7 @@ def collection(spec: dict[str, Any], base_url: str, api_key: str = "",
                 ops.append((_sort_key(path, method), path, method, op))
     ops.sort(key=lambda t: t[0])
     params_used: set[str] = set()
+    last: list[dict[str, Any]] = []
     for _key, path, method, op in ops:
         rel = path[len(API_PREFIX):]
         raw_path = rel
@@ -196,22 +218,38 @@ def collection(spec: dict[str, Any], base_url: str, api_key: str = "",
         body_schema = (op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema"))
         if body_schema is not None and method in ("post", "put", "patch"):
             body = example_for(spec, body_schema)
+            if body == {} and method == "patch":  # a change needs at least one field
+                props = _non_null(spec, body_schema).get("properties", {})
+                first = next((k for k in props if k in EXAMPLES_BY_NAME), None)
+                if first:
+                    body = {first: EXAMPLES_BY_NAME[first]}
             if body_schema == {} or body is None or body == "example":
                 body = {"test": "payload"}
             request["header"].append({"key": "Content-Type", "value": "application/json"})
             request["body"] = {"mode": "raw", "raw": json.dumps(body, indent=2, ensure_ascii=False),
                                "options": {"raw": {"language": "json"}}}
-        codes = sorted(int(c) for c in op.get("responses", {}) if str(c).isdigit())
+        responses = op.get("responses", {})
+        codes = sorted(int(c) for c in responses if str(c).isdigit())
+        success = [responses[str(c)] for c in codes if 200 <= c < 300]
+        types = list((success[0].get("content") or {"application/json": {}}) if success else {"application/json": {}})
+        success_type = "application/json" if "application/json" in types else types[0]
+        script = _test_script(codes, rel == "/api-key/regenerate", success_type)
         entry = {"name": f"{method.upper()} {rel}", "request": request,
-                 "event": [{"listen": "test", "script": {"type": "text/javascript",
-                                                          "exec": _test_script(codes, rel == "/api-key/regenerate")}}]}
+                 "event": [{"listen": "test", "script": {"type": "text/javascript", "exec": script}}]}
+        if rel == "/api-key/regenerate":
+            last.append(entry)  # a new key for every request after it: run it last
+            continue
         tag = (op.get("tags") or ["Other"])[0]
         folders.setdefault(tag, []).append(entry)
     # Folders keep the order of their first request, so the whole run goes top to bottom.
     items = [{"name": tag, "item": entries} for tag, entries in folders.items()]
+    if last:
+        items.append({"name": "Run last", "item": last})
     defaults = {"baseUrl": base_url.rstrip("/"), "apiKey": api_key}
+    phone = (variables or {}).get("phone", EXAMPLES_BY_NAME["phone"])
     for var in sorted(params_used):
-        defaults.setdefault(var, (variables or {}).get(var, "unknown"))
+        fallback = phone if var in ("phone", "number") else "unknown"
+        defaults.setdefault(var, (variables or {}).get(var, fallback))
     for k, v in (variables or {}).items():
         defaults[k] = v
     info = spec.get("info", {})

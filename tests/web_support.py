@@ -81,3 +81,22 @@ def snippets_of(page: str) -> dict[tuple[str, str], str]:
     p = CodeBlocks()
     p.feed(page)
     return p.blocks
+
+
+def module_server(tmp_path_factory: Any, name: str, **settings: Any) -> Any:
+    """A generator for a module-scoped fixture: one real server shared by a module's tests
+    (same setup as conftest's ``server_factory``, torn down with its scale-out databases)."""
+    from conftest import RelayboxServer, _env
+
+    cleanups: list[Any] = []
+    settings.setdefault("log_level", "INFO")
+    srv = RelayboxServer(tmp_path_factory.mktemp(name), _env(settings, cleanups)).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        for drop in cleanups:
+            try:
+                drop()
+            except Exception as exc:  # noqa: BLE001 - a leftover test database is not a failure
+                print(f"cleanup failed: {exc}")

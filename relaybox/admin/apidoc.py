@@ -116,8 +116,7 @@ def _complete(spec: dict[str, Any]) -> dict[str, Any]:
                     continue
                 n = int(code)
                 if 200 <= n < 300 and n != 204:
-                    content = resp.get("content") or {}
-                    if "application/json" not in content:
+                    if not resp.get("content"):  # declared content (a CSV download, ...) stays
                         resp["content"] = _json("Envelope")
                 elif n >= 400:
                     # flask-openapi3 documents its validation error as an *array*; ours is one object.
