@@ -4,7 +4,7 @@ Prints, with the targets:
 - accept → ``MessageEnqueued`` on the phone's stream, p50/p99 (10 phones; target p99 ≤ 50 ms);
 - accept → ``Sent`` reported by the phone, p50/p99 (zero radio delay; target p99 ≤ 200 ms);
 - ``POST /sms/send`` throughput with 50 open SSE streams as a ratio to none (target ≥ 0.90);
-- idle RSS of the server with 10 phones connected (target ≤ 70 MB).
+- idle RSS of the server with 10 phones connected (target ≤ 70 MB), and without phones.
 
 "accept" is the message's ``created_at`` (the server's clock, the same machine); the figures from
 the start of the client's ``POST /sms/send`` are printed too.
@@ -47,6 +47,8 @@ def latency(messages: int, phones: int, args_gap: float) -> dict[str, Any]:
         devs = [SimulatedDevice(root + "/api/mobile/v1", private_token=PRIVATE, delay_ms=0, name=f"bench/{i}",
                                 seed=i, backoff_scale=0.05) for i in range(phones)]
         try:
+            time.sleep(3)
+            out["idle_rss_mb_no_phones"] = round(rb.rss_mb(), 1)
             for d in devs:
                 d.start()
             deadline = time.monotonic() + 20
@@ -55,6 +57,7 @@ def latency(messages: int, phones: int, args_gap: float) -> dict[str, Any]:
             assert all(d.connected for d in devs), "phones did not connect"
             time.sleep(3)  # settle: first syncs done, streams idle
             out["idle_rss_mb_10_phones"] = round(rb.rss_mb(), 1)
+            out["rss_mb_added_by_10_phones"] = round(out["idle_rss_mb_10_phones"] - out["idle_rss_mb_no_phones"], 1)
             by_id = {d.device_id: d for d in devs}
             s = requests.Session()
             s.headers["X-API-Key"] = rb.key

@@ -214,3 +214,40 @@ def test_event_stream_wire_format_first_sync_keepalive_and_immediate_flush(serve
     assert s1.closed_within(3)
     assert "WebhooksUpdated" not in s2.body_text(0.5)
     s2.close()
+
+
+def test_cancel_reaches_the_phone_and_a_sent_message_cannot_be_cancelled(server_factory, phones):
+    srv = phone_server(server_factory)
+    dev = phones.add(srv)
+    dev.paused = True  # the phone holds what it pulls (locally Pending)
+    m = send(srv)
+    wait_for(lambda: m["id"] in dev.messages, 5, message="pulled")
+    r = srv.api().post(f"/sms/{m['id']}/cancel")
+    assert r.status_code == 202 and r.json()["data"]["cancel"] == "requested"
+    wait_for(lambda: message(srv, m["id"])["status"] == "cancelled", 5, message="cancelled")
+    assert any(e.name == "MessageCancelled" and m["id"] in e.data for e in dev.events)
+    assert dev.messages[m["id"]].state == "Cancelled"
+    assert [x["status"] for x in timeline(srv, m["id"])][-2:] == ["dispatched", "cancelled"]
+    dev.paused = False
+    done = send(srv)
+    assert dev.wait_state(done["id"], "Delivered", 10)
+    wait_for(lambda: message(srv, done["id"])["status"] == "delivered", 5, message="delivered")
+    r = srv.api().post(f"/sms/{done['id']}/cancel")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "CONFLICT"
+
+
+def test_a_pulled_message_being_cancelled_is_served_as_cancelling(server_factory):
+    srv = phone_server(server_factory)
+    token = register_raw(srv, f"Code {new_code(srv)}").json()["token"]
+    auth = {"Authorization": f"Bearer {token}", **UA}
+    url = mobile_url(srv) + "/message"
+    m = send(srv)
+    assert [x["state"] for x in requests.get(url, headers=auth, timeout=5).json()] == ["Pending"]
+    assert srv.api().post(f"/sms/{m['id']}/cancel").status_code == 202
+    again = requests.get(url, headers=auth, timeout=5).json()
+    assert [(x["id"], x["state"]) for x in again] == [(m["id"], "Cancelling")]
+    r = requests.patch(url, headers=auth, json=[{"id": m["id"], "state": "Cancelled", "recipients": [
+        {"phoneNumber": "+923001234567", "state": "Cancelled"}], "states": {}}], timeout=5)
+    assert r.status_code == 204
+    assert message(srv, m["id"])["status"] == "cancelled"
+    assert requests.get(url, headers=auth, timeout=5).json() == []

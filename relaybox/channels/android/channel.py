@@ -233,10 +233,12 @@ class AndroidArea:
             self._last_prune = now
             InboundEvent.delete().where(InboundEvent.created_at < now - INBOUND_KEEP_MS).execute()
             prune_pairings(now)
-            # What phones said about messages that are finished is no longer needed.
-            done = Message.select(Message.id).where(
-                Message.status << ["sent", "delivered", "failed", "undelivered", "expired", "cancelled"])
-            DeviceMessage.delete().where(DeviceMessage.message_id.in_(done)).execute()
+            # What phones said matters only while a message is dispatched (served again on pulls).
+            stale = [r.message_id for r in DeviceMessage.select(DeviceMessage.message_id)
+                     .join(Message, pw.JOIN.LEFT_OUTER, on=(Message.id == DeviceMessage.message_id))
+                     .where(Message.id.is_null() | (Message.status != "dispatched")).limit(5000)]
+            if stale:
+                DeviceMessage.delete().where(DeviceMessage.message_id.in_(stale)).execute()
 
     def shutdown(self) -> None:
         self.hub.close_all("server stopping")
