@@ -134,9 +134,23 @@ def all_models() -> list[type[BaseModel]]:
 
 
 def create_tables() -> None:
+    if is_sqlite():
+        with db.atomic():
+            db.create_tables(all_models(), safe=True)
+        return
     with db.atomic():
-        if not is_sqlite():
-            # Two processes starting at once on one PostgreSQL would race on CREATE TABLE IF
-            # NOT EXISTS (duplicate pg_type rows); the advisory lock makes it one at a time.
-            db.execute_sql("SELECT pg_advisory_xact_lock(7297812)")
-        db.create_tables(all_models(), safe=True)
+        # Two processes starting at once on one PostgreSQL would race on CREATE TABLE IF NOT
+        # EXISTS (duplicate pg_type rows); the advisory lock makes it one at a time. Only what
+        # is missing is created: CREATE INDEX IF NOT EXISTS still takes a SHARE lock on its
+        # table, which deadlocks against another process already serving from it.
+        db.execute_sql("SELECT pg_advisory_xact_lock(7297812)")
+        tables = set(db.get_tables())
+        indexes = {r[0] for r in db.execute_sql(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()").fetchall()}
+        for model in peewee.sort_models(all_models()):
+            if model._meta.table_name not in tables:
+                model.create_table(safe=True)
+                continue
+            for index in model._meta.fields_to_index():
+                if index._name not in indexes:
+                    db.execute(model._schema._create_index(index, safe=True))
