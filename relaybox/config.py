@@ -80,6 +80,21 @@ class PriceConfig(BaseModel):
     label: str | None = Field(None, max_length=40)
 
 
+class PacingSpec(BaseModel):
+    """Pacing of one channel (``[pacing.android]``, ``[pacing.modem]``, ``[pacing.<channel id>]``):
+    a random delay of ``min_delay``..``max_delay`` seconds between two sends, and at most
+    ``per_minute`` / ``per_hour`` / ``per_day`` sends in any rolling minute, hour, day (0: no
+    cap). Unset keys inherit (channel id > kind > built-in default, see relaybox.pacing)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_delay: float | None = Field(None, ge=0, le=3600)
+    max_delay: float | None = Field(None, ge=0, le=3600)
+    per_minute: int | None = Field(None, ge=0, le=1_000_000)
+    per_hour: int | None = Field(None, ge=0, le=10_000_000)
+    per_day: int | None = Field(None, ge=0, le=100_000_000)
+
+
 class ConfigError(Exception):
     """A setting is wrong; the message names it. The CLI exits 2 with it."""
 
@@ -108,6 +123,17 @@ class Config(BaseSettings):
     # Instance secret for HMAC of keys, tokens and OTP codes; generated in the data dir if empty.
     secret: str = ""
     max_attempts: int = Field(3, ge=1, le=10)
+    # Routing (relaybox.channels.router, relaybox.pacing): per kind or channel id, e.g.
+    # RELAYBOX_PACING='{"android": {"per_hour": 100}}'; see PacingSpec.
+    pacing: dict[str, PacingSpec] = Field(default_factory=dict)
+    # A channel that fails this many sends in a row is parked (0: never), first for
+    # park_backoff_seconds, doubling at each further parking up to park_backoff_max_seconds;
+    # then it is tried again with one message.
+    park_after_failures: int = Field(3, ge=0, le=1000)
+    park_backoff_seconds: float = Field(60.0, gt=0, le=86400)
+    park_backoff_max_seconds: float = Field(3600.0, gt=0, le=7 * 86400)
+    # A channel that may send but takes none of its messages for this long loses them to others.
+    handoff_timeout: float = Field(120.0, ge=1, le=86400)
     default_ttl_seconds: int = Field(86400, ge=60, le=30 * 86400)
     # How often the housekeeping loop recovers stuck work, expires messages, fires schedules (s).
     sweep_interval: float = Field(1.0, gt=0, le=60)
