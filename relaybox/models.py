@@ -105,7 +105,9 @@ class MessageEvent(BaseModel):
 
     class Meta:
         # (status, at): hand-offs per channel today (daily caps) and queue throughput windows.
-        indexes = ((("message", "seq"), True), (("status", "at"), False))
+        # (channel_id, status, at): one channel's recent hand-offs (pacing caps and delays).
+        indexes = ((("message", "seq"), True), (("status", "at"), False),
+                   (("channel_id", "status", "at"), False))
 
 
 class Event(BaseModel):
