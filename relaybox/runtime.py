@@ -78,6 +78,11 @@ class Runtime:
         # (channel_id, limit) -> (new limit, extra WHERE on Message or None) (caps, held queues).
         self.channel_filters: list[Callable[[Channel], bool]] = []
         self.claim_policies: list[Callable[[str, int], tuple[int, Any]]] = []
+        # Queue health adds what other features know about a channel: (channel_id, row) -> None.
+        self.channel_view_hooks: list[Callable[[str, dict[str, Any]], None]] = []
+        # Background work of features (e.g. the routing pacer): run by start() and stop().
+        self.start_hooks: list[Callable[[], None]] = []
+        self.stop_hooks: list[Callable[[], None]] = []
         # POST /sms/list "tags": (account, tags) -> the numbers of the contacts with those tags.
         self.tag_recipients: Callable[[Any, list[str]], list[str]] | None = None
         self.started = False
@@ -133,10 +138,17 @@ class Runtime:
         for ch in list(self.channels.values()):
             ch.start()
         self._housekeeper.start()
+        for hook in list(self.start_hooks):
+            hook()
         self.kick()
 
     def stop(self) -> None:
         self._stop.set()
+        for hook in list(self.stop_hooks):
+            try:
+                hook()
+            except Exception:  # noqa: BLE001
+                log.exception("stop hook %s failed", getattr(hook, "__name__", hook))
         for ch in list(self.channels.values()):
             try:
                 ch.stop()
