@@ -106,6 +106,8 @@ def health(rt: Any, account: Any) -> dict[str, Any]:
             "daily_cap": cap or None, "used_today": used,
             "capped": bool(cap and used is not None and used >= cap),
         })
+        for hook in getattr(rt, "channel_view_hooks", ()):
+            hook(cid, channels[-1])  # e.g. routing: parked, pacing
     instance = rt.instance_paused()
     reasons = []
     if account.paused:
