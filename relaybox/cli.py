@@ -52,9 +52,15 @@ def ensure_owner(config: Config, *, as_json: bool = False, quiet_if_exists: bool
     set_instance_secret(load_or_create_secret(config.data_dir, config.secret))
     open_database(config.database_url)
     create_tables()
-    if owner_account() is not None:
-        return None
-    acc, key = create_account("Owner", api_enabled=True, owner=True)
+    from relaybox.db import db, is_sqlite, write_tx
+
+    with write_tx():
+        # Several processes may init one PostgreSQL database at once (scale-out): one owner only.
+        if not is_sqlite():
+            db.execute_sql("SELECT pg_advisory_xact_lock(7297813)")
+        if owner_account() is not None:
+            return None
+        acc, key = create_account("Owner", api_enabled=True, owner=True)
     return {"account_id": acc.id, "api_key": key}
 
 
