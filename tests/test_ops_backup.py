@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import wait_for
 from ops_support import Db, Load, audit, time_until, wait_all_finished
 

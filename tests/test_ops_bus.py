@@ -7,6 +7,7 @@ import uuid
 
 from conftest import wait_for
 from ops_support import redis_or_skip
+
 from relaybox.bus import LocalBus, RedisBus, make_bus
 
 

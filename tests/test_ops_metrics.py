@@ -4,9 +4,8 @@ from __future__ import annotations
 import json
 
 import requests
-from prometheus_client.parser import text_string_to_metric_families
-
 from conftest import wait_for
+from prometheus_client.parser import text_string_to_metric_families
 
 DELIVERED = "+923001234567"
 FAILS = "+923001230001"

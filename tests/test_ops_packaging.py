@@ -61,8 +61,8 @@ def test_deb_contents_control_and_conffiles(built):
 
     ctl = built["control"]
     control = (ctl / "control").read_text()
-    assert re.search(r"^Package: relaybox$", control, re.M)
-    assert re.search(r"^Depends: .*python3 \(>= 3\.11\).*adduser", control, re.M)
+    assert re.search(r"^Package: relaybox$", control, re.MULTILINE)
+    assert re.search(r"^Depends: .*python3 \(>= 3\.11\).*adduser", control, re.MULTILINE)
     assert (ctl / "conffiles").read_text().split() == ["/etc/relaybox/config.toml"]
     assert (ctl / "md5sums").read_text().count("opt/relaybox/") > 100
     postinst = (ctl / "postinst").read_text()

@@ -6,7 +6,6 @@ import os
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from conftest import wait_for
 from ops_support import Receiver, free_port, sqlite_db
 
