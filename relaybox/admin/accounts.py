@@ -142,7 +142,7 @@ def contacts() -> Any:
 @bp.route("/contacts/add", methods=["POST"])
 def contact_add() -> Any:
     body: dict[str, Any] = {"name": (request.form.get("name") or "").strip(),
-                            "number": (request.form.get("number") or "").strip()}
+                            "phone": (request.form.get("phone") or "").strip()}
     tags = [t.strip() for t in (request.form.get("tags") or "").split(",") if t.strip()]
     if tags:
         body["tags"] = tags

@@ -71,6 +71,7 @@ def _normalize_device(d: dict[str, Any]) -> dict[str, Any]:
         "queue_depth": _first(d, "queue_depth", "queued", default=0),
         "sent_today": _first(d, "sent_today", default=0),
         "app_version": d.get("app_version"), "state": _first(d, "state", "status"),
+        "operator": d.get("operator"), "port": d.get("port"),
         "reason": _first(d, "reason", "error", "last_error"),
     }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import abort, redirect, request, session, url_for
+from markupsafe import Markup
 
 from relaybox.admin import state
 from relaybox.admin.web import bp, current_account, page, safe_next
@@ -85,8 +86,10 @@ def select_account() -> Any:
 
 
 @bp.app_template_filter("ago")
-def _ago(value: Any) -> str:
-    return state.ago(value)
+def _ago(value: Any) -> Markup:
+    """Age like ``12 s``, isolated left-to-right so it reads the same inside Urdu text."""
+    text = state.ago(value)
+    return Markup('<bdi dir="ltr">{}</bdi>').format(text) if text else Markup("")
 
 
 def root() -> Any:
