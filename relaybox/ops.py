@@ -367,5 +367,8 @@ def init_app(app: Any) -> None:
 
         app.add_url_rule("/metrics", "ops_metrics", metrics_view, methods=["GET"])
 
+    from relaybox.paging import install as install_message_buckets
+
+    install_message_buckets()  # SQLite: counts per page bucket, kept by triggers (GET /messages)
     runtime.sweepers.append(ServeLock(config.data_dir))
     runtime.sweepers.append(RetentionSweeper(runtime))
