@@ -317,7 +317,7 @@ def events_stream():
                 yield frame("WebhooksUpdated") + frame("SettingsUpdated")
             last = time.monotonic()
             while True:
-                wait = max(0.05, min(0.5, keepalive - (time.monotonic() - last)))
+                wait = max(0.05, min(1.0, keepalive - (time.monotonic() - last)))
                 frames = stream.take(wait)
                 if frames is None:
                     return
