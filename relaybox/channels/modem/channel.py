@@ -147,6 +147,7 @@ class ModemChannel(Channel):
         self._thread: threading.Thread | None = None
         self._inflight: Future[SendResult] | None = None
         self._handoffs: deque[float] = deque()  # time.time() of recent claims (rate caps)
+        self._handoffs_lock = threading.Lock()  # the router reads them from its own thread
 
     # -- Channel interface ---------------------------------------------------------------------
     def numbers(self) -> list[str]:
@@ -209,17 +210,20 @@ class ModemChannel(Channel):
         rows = (MessageEvent.select(MessageEvent.at)
                 .where((MessageEvent.status == "dispatched") & (MessageEvent.at >= since)
                        & (MessageEvent.channel_id == self.id)).order_by(MessageEvent.at).tuples())
-        self._handoffs = deque(at / 1000 for (at,) in rows)
+        with self._handoffs_lock:
+            self._handoffs = deque(at / 1000 for (at,) in rows)
 
     def under_caps(self) -> bool:
         s = self.settings
         if not (s.per_minute or s.per_hour or s.per_day):
             return True
         now = time.time()
-        while self._handoffs and self._handoffs[0] < now - 86400:
-            self._handoffs.popleft()
+        with self._handoffs_lock:
+            while self._handoffs and self._handoffs[0] < now - 86400:
+                self._handoffs.popleft()
+            times = list(self._handoffs)
         for cap, window in ((s.per_minute, 60), (s.per_hour, 3600), (s.per_day, 86400)):
-            if cap and sum(1 for t in self._handoffs if t >= now - window) >= cap:
+            if cap and sum(1 for t in times if t >= now - window) >= cap:
                 return False
         return True
 
@@ -246,7 +250,8 @@ class ModemChannel(Channel):
             return False
         m = batch[0]
         self.runtime.router.claimed(self.id, 1)
-        self._handoffs.append(time.time())
+        with self._handoffs_lock:
+            self._handoffs.append(time.time())
         try:
             text = messages.sending_body(m)
         except messages.NotSendable as exc:
