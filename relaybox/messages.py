@@ -306,6 +306,8 @@ def claim_for_channel(channel_id: str, limit: int = 100, order: str = "fifo") ->
                                      status_payload(m, "dispatched", now), m.id))
             claimed.append(m)
     events.publish(evs)
+    for m in claimed:
+        log.info("message %s dispatched to %s (attempt %d)", m.id, channel_id, m.attempts)
     return claimed
 
 
