@@ -42,6 +42,7 @@ from relaybox.errors import ApiError
 
 log = logging.getLogger("relaybox.ops")
 access_log = logging.getLogger("relaybox.access")
+log_state = logging.getLogger("relaybox.messages")
 
 LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
 PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
@@ -341,6 +342,15 @@ def init_app(app: Any) -> None:
                 metrics.state_changes.labels(status=str(ev.payload.get("status"))).inc()
 
     events.subscribe(_count_transitions)
+
+    def _log_accepted(rows: list[Any]) -> None:
+        # After the accept transaction committed: one line per message (accepted -> queued or
+        # scheduled); later changes are logged by relaybox.messages as they happen.
+        for m in rows:
+            log_state.info("message %s accepted, %s%s", m.id, m.status,
+                           f" on {m.channel_id}" if m.channel_id else "")
+
+    runtime.after_accept.append(_log_accepted)
 
     @app.before_request
     def _start_timer() -> None:
