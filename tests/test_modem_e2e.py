@@ -203,8 +203,9 @@ def test_three_part_gsm7_message_is_delivered_once_after_every_parts_report(shar
     rows = timeline(srv, mid)
     assert [r["status"] for r in rows].count("delivered") == 1
     assert next(r for r in rows if r["status"] == "sent")["detail"]["refs"] == refs
-    report = rows[-1]["detail"]["report"]
-    assert sorted(p["reference"] for p in report["all_parts"]) == sorted(refs)
+    detail = rows[-1]["detail"]
+    assert sorted(p["reference"] for p in detail["all_parts"]) == sorted(refs)
+    assert {p["tp_status"] for p in detail["all_parts"]} == {0} and detail["report"]["parts"] == 3
 
 
 @pytest.mark.parametrize("text", [
@@ -240,6 +241,14 @@ def test_failed_report_makes_the_message_undelivered_with_the_raw_tp_status(shar
     assert row["detail"]["report"]["pdu"]
     time.sleep(0.5)
     assert statuses(srv, mid).count("undelivered") == 1
+    # TP-Status 0x42 (the recipient rejected it) is a spam signal the number's diagnosis reads.
+    to = fresh_number()
+    sim.set_report(to, "failed", status=0x42)
+    mid = send(srv, to, "promo", **{"from": NUM_A})
+    wait_status(srv, mid, "undelivered")
+    r = srv.api().get(f"/numbers/{NUM_A}/spam-diagnosis")
+    assert r.status_code == 200, r.text
+    assert r.json()["data"]["spam_filtered"] is True
 
 
 def test_permanent_refusal_fails_at_once_with_the_cms_error_kept(shared):

@@ -306,10 +306,11 @@ class ModemChannel(Channel):
 
     def _on_status(self, msg_key: str, status: str, raw: dict[str, Any]) -> None:
         tp = raw.get("tp_status")
-        if raw.get("parts") == 1:  # all_parts would repeat the one report
-            raw = {k: v for k, v in raw.items() if k != "all_parts"}
-        detail = {"modem": self.settings.name, "tp_status": tp, "tp_status_hex": raw.get("tp_status_hex"),
-                  "report": raw}
+        detail: dict[str, Any] = {"modem": self.settings.name, "tp_status": tp,
+                                  "tp_status_hex": raw.get("tp_status_hex"),
+                                  "report": {k: v for k, v in raw.items() if k != "all_parts"}}
+        if (raw.get("parts") or 1) > 1:  # every part's report (the spam diagnosis reads them all)
+            detail["all_parts"] = raw.get("all_parts")
         if status == "delivered":
             messages.transition(msg_key, "delivered", expect_channel=self.id, detail=detail)
         elif status == "failed":
