@@ -33,6 +33,8 @@ log = logging.getLogger("relaybox.android")
 
 TIMEOUT_CODE = "DEVICE_TIMEOUT"
 SEEN_PERSIST_MS = 15_000
+NUDGE_EVERY_MS = 5_000
+BUS_CHANNEL = "android"
 PRUNE_EVERY_MS = 600_000
 INBOUND_KEEP_MS = 7 * 86_400_000
 
@@ -62,6 +64,7 @@ class AndroidChannel(Channel):
         return bool(self.device.enabled) and not self.removed
 
     def sse_open(self) -> bool:
+        """An event stream is open in this process."""
         return self.area.hub.is_open(self.id)
 
     def online(self) -> bool:
@@ -73,7 +76,7 @@ class AndroidChannel(Channel):
 
     def notify(self) -> None:
         """The router assigned messages: tell the phone at once (coalesced)."""
-        self.area.hub.publish(self.id, "MessageEnqueued")
+        self.area.signal(self.id, "MessageEnqueued")
 
     def cancel(self, message_id: str) -> bool:
         """Ask the phone to drop a message it pulled. Never certain: the phone may have sent it.
@@ -89,7 +92,7 @@ class AndroidChannel(Channel):
             n = DeviceMessage.update(cancel_at=now).where(DeviceMessage.message_id == message_id).execute()
             if not n:
                 DeviceMessage.insert(message_id=message_id, device_id=self.id, cancel_at=now).execute()
-        self.area.hub.publish(self.id, "MessageCancelled", {"messageId": message_id})
+        self.area.signal(self.id, "MessageCancelled", {"messageId": message_id})
         log.info("message %s: cancel requested from device %s", message_id, self.id)
         return False
 
@@ -110,7 +113,9 @@ class AndroidChannel(Channel):
     def persist_seen(self, force: bool = False) -> None:
         if self.removed or self.last_seen_ms <= self._persisted_seen:
             return
-        if not force and self.last_seen_ms - self._persisted_seen < SEEN_PERSIST_MS:
+        # Often enough that other processes (scale-out) see the phone as online too.
+        every = min(SEEN_PERSIST_MS, self.area.offline_after_ms // 3)
+        if not force and self.last_seen_ms - self._persisted_seen < every:
             return
         Device.update(last_seen=self.last_seen_ms).where(Device.id == self.id).execute()
         self._persisted_seen = self.last_seen_ms
@@ -136,6 +141,26 @@ class AndroidArea:
         self.channels: dict[str, AndroidChannel] = {}
         self._presence_lock = threading.Lock()
         self._last_prune = 0
+        self._last_nudge = 0
+        # Events for a phone go through the bus: with several processes (Redis) the one that
+        # holds the phone's stream hears what another accepted; alone it is a direct call.
+        from relaybox.bus import get_bus
+
+        self.bus = get_bus(runtime)
+        self.bus.subscribe(BUS_CHANNEL, self._on_bus)
+
+    # -- events to phones ---------------------------------------------------------------------------
+    def signal(self, device_id: str, event: str, data: dict[str, str] | None = None) -> None:
+        """Send an SSE event to the phone, wherever its stream is open; ``close`` ends it."""
+        self.bus.publish(BUS_CHANNEL, {"device_id": device_id, "event": event, "data": data})
+
+    def _on_bus(self, msg: Any) -> None:
+        if not isinstance(msg, dict) or not isinstance(msg.get("device_id"), str):
+            return
+        if msg.get("event") == "close":
+            self.hub.close_device(msg["device_id"], str((msg.get("data") or {}).get("reason", "unpaired")))
+        elif isinstance(msg.get("event"), str):
+            self.hub.publish(msg["device_id"], msg["event"], msg.get("data"))
 
     # -- loading, pairing, unpairing ----------------------------------------------------------------
     def load(self) -> None:
@@ -169,13 +194,17 @@ class AndroidArea:
         with write_tx():
             Device.delete().where(Device.id == device_id).execute()
             DeviceMessage.delete().where(DeviceMessage.device_id == device_id).execute()
+        self._forget(device_id, reason)
+        self.signal(device_id, "close", {"reason": reason})
+        log.info("device %s %s", device_id, reason)
+        self._kick()
+
+    def _forget(self, device_id: str, reason: str) -> None:
         ch = self.channels.pop(device_id, None)
         if ch is not None:
             ch.removed = True
         self.hub.close_device(device_id, reason)
         self.runtime.remove_channel(device_id)
-        log.info("device %s %s", device_id, reason)
-        self._kick()
 
     # -- presence ------------------------------------------------------------------------------------
     def _stream_changed(self, device_id: str) -> None:
@@ -196,8 +225,10 @@ class AndroidArea:
             now = now_ms()
             with write_tx():
                 n = (Device.update(presence=want, last_seen=ch.last_seen_ms or None, updated_at=now)
-                     .where(Device.id == ch.id).execute())
-                if not n:
+                     .where((Device.id == ch.id) & ((Device.presence != want) | Device.presence.is_null()))
+                     .execute())
+                if not n:  # already recorded (a stale copy of the row was in memory) or unpaired
+                    ch.device.presence = want
                     return
                 ev = events.record(ch.device.account_id, f"device.{want}", presence_payload(ch, want, now))
             ch.device.presence = want
@@ -222,13 +253,19 @@ class AndroidArea:
 
     def sweep(self) -> None:
         """Every housekeeping pass: presence transitions, last-seen persistence, pruning."""
+        self._sync_rows()
+        now = now_ms()
         for ch in list(self.channels.values()):
             try:
+                if self.hub.is_open(ch.id):
+                    ch.last_seen_ms = now  # an open stream is a phone seen right now
                 self.check_presence(ch)
                 ch.persist_seen()
             except pw.OperationalError:
                 log.warning("presence check for %s deferred: database busy", ch.id)
-        now = now_ms()
+        if now - self._last_nudge > NUDGE_EVERY_MS:
+            self._last_nudge = now
+            self._nudge_waiting(now)
         if now - self._last_prune > PRUNE_EVERY_MS:
             self._last_prune = now
             InboundEvent.delete().where(InboundEvent.created_at < now - INBOUND_KEEP_MS).execute()
@@ -239,6 +276,35 @@ class AndroidArea:
                      .where(Message.id.is_null() | (Message.status != "dispatched")).limit(5000)]
             if stale:
                 DeviceMessage.delete().where(DeviceMessage.message_id.in_(stale)).execute()
+
+    def _sync_rows(self) -> None:
+        """Follow the table: phones paired, changed or unpaired by another process, and the
+        last-seen times other processes saved (a stream held elsewhere keeps it fresh)."""
+        rows = {d.id: d for d in Device.select()}
+        for device_id in [cid for cid in self.channels if cid not in rows]:
+            self._forget(device_id, "unpaired")
+        for device_id, row in rows.items():
+            ch = self.channels.get(device_id)
+            if ch is None:
+                self.add(row)
+                continue
+            seen = row.last_seen or 0  # saved by whichever process the phone talks to
+            ch.last_seen_ms = max(ch.last_seen_ms, seen)
+            ch._persisted_seen = max(ch._persisted_seen, seen)
+            if row.updated_at != ch.device.updated_at:
+                ch.refresh(row)
+
+    def _nudge_waiting(self, now: int) -> None:
+        """A lost event must not strand messages: phones with an open stream here and messages
+        assigned to them for a while get ``MessageEnqueued`` again."""
+        open_here = [cid for cid in self.channels if self.hub.is_open(cid)]
+        if not open_here:
+            return
+        waiting = (Message.select(Message.channel_id).where(
+            (Message.status == "queued") & Message.channel_id.in_(open_here)
+            & (Message.queued_at < now - NUDGE_EVERY_MS)).distinct())
+        for row in waiting:
+            self.hub.publish(row.channel_id, "MessageEnqueued")
 
     def shutdown(self) -> None:
         self.hub.close_all("server stopping")

@@ -23,6 +23,7 @@ from relaybox import messages
 from relaybox.channels.android.models import DeviceMessage
 from relaybox.channels.android.protocol import StateUpdateIn, message_dto, parse_date
 from relaybox.db import write_tx
+from relaybox.failover import android_nothing_sent
 from relaybox.models import Message
 from relaybox.timeutil import now_ms
 
@@ -46,7 +47,7 @@ def _text_for(ch: AndroidChannel, m: Message) -> str | None:
     except not_sendable as exc:  # type: ignore[misc]
         messages.transition(m.id, exc.status, error_code=exc.error_code, error_message=str(exc),
                             expect_channel=ch.id)
-        ch.area.hub.publish(ch.id, "MessageCancelled", {"messageId": m.id})
+        ch.area.signal(ch.id, "MessageCancelled", {"messageId": m.id})
         log.info("message %s not sent by %s: %s", m.id, ch.id, exc)
         return None
 
@@ -66,7 +67,8 @@ def pull(ch: AndroidChannel, order: str) -> list[dict[str, Any]]:
     waiting = Message.select(Message.id).where(
         (Message.status == "queued") & (Message.channel_id == ch.id)).limit(1).exists()
     if waiting and ch.enabled() and len(again) < MAX_PULL:
-        claimed = messages.claim_for_channel(ch.id, limit=MAX_PULL - len(again), order=order)
+        # Always FIFO within a priority (the router's promise); `order` only sorts the answer.
+        claimed = messages.claim_for_channel(ch.id, limit=MAX_PULL - len(again), order="fifo")
         if claimed:
             ch.area.runtime.router.claimed(ch.id, len(claimed))
     out: list[tuple[Message, dict[str, Any]]] = []
@@ -137,9 +139,20 @@ def apply_report(ch: AndroidChannel, item: StateUpdateIn) -> None:
             messages.transition(m.id, "delivered", at=_clamp(times.get("Delivered"), m, now),
                                 expect_channel=ch.id)
     elif state == "Failed":
+        reason = (error or "the phone reported the send as failed")[:1000]
+        pinned = bool(m.device_hint or m.from_number)  # the caller wants this phone, no other
+        if m.status == "dispatched" and not pinned and android_nothing_sent(error, m.segments, item.states):
+            # Nothing went out (radio off, no service, Android's limit): another channel tries.
+            outcome = messages.requeue_for_failover(m.id, ch.id, FAILED_CODE, reason,
+                                                    max_attempts=ch.area.runtime.config.max_attempts)
+            if outcome == "queued":
+                with write_tx():
+                    DeviceMessage.delete().where(DeviceMessage.message_id == m.id).execute()
+                ch.area._kick()
+                log.info("message %s failed over from %s: %s", m.id, ch.id, reason)
+                return
         messages.transition(m.id, "failed", at=_clamp(times.get("Failed"), m, now), error_code=FAILED_CODE,
-                            error_message=(error or "the phone reported the send as failed")[:1000],
-                            expect_channel=ch.id)
+                            error_message=reason, expect_channel=ch.id)
     elif state == "Cancelled":
         messages.transition(m.id, "cancelled", at=_clamp(times.get("Cancelled"), m, now),
                             expect_channel=ch.id)
