@@ -14,11 +14,11 @@ from typing import Any
 def _open(args: argparse.Namespace) -> None:
     import os
 
+    import relaybox.models  # noqa: F401 - core tables
+    from relaybox.admin import users  # noqa: F401 - the admin_user table
     from relaybox.cli import config_from_args
     from relaybox.db import create_tables, open_database
     from relaybox.security import load_or_create_secret, set_instance_secret
-    import relaybox.models  # noqa: F401 - core tables
-    from relaybox.admin import users  # noqa: F401 - the admin_user table
 
     config = config_from_args(args)
     os.makedirs(config.data_dir, exist_ok=True)

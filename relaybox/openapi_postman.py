@@ -93,10 +93,10 @@ def example_for(spec: dict[str, Any], schema: dict[str, Any] | None, name: str =
     if kind == "boolean":
         return True
     if kind == "string":
-        if schema.get("format") in ("uri", "url") or name.endswith("url") or name.endswith("callback"):
+        if schema.get("format") in ("uri", "url") or name.endswith(("url", "callback")):
             return "{{baseUrl}}/messages/bin" if "inbound" in name else "{{baseUrl}}/status/bin"
         pattern = schema.get("pattern", "")
-        if pattern.startswith("^[0-9]") or pattern.startswith("^\\d"):
+        if pattern.startswith(("^[0-9]", "^\\d")):
             return "123456"[: max(int(schema.get("minLength", 4)), 4)]
         return "example"[: schema.get("maxLength", 7)] if schema.get("maxLength", 7) >= 1 else "x"
     return "example"

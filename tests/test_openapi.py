@@ -89,15 +89,15 @@ def test_bounded_schemathesis_run_finds_no_server_error_and_no_schema_break(sand
     if exe is None:
         pytest.skip("schemathesis is not installed (pip install schemathesis)")
     cmd = [exe, "run", sandbox.api_base + "/openapi.json", "-H", f"X-API-Key: {sandbox.key}",
-           "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
-                       "response_schema_conformance,response_headers_conformance",
+           "--checks", ("not_a_server_error,status_code_conformance,content_type_conformance,"
+                        "response_schema_conformance,response_headers_conformance"),
            "--phases", "examples,coverage,fuzzing", "--max-examples", "8", "--workers", "1",
            "--request-timeout", "20", "--max-failures", "20", "--seed", "20261123",
            # These two change the world under the run: a new key (every later call 401) and a
            # real webhook POST to whatever URL was generated (15 s each).
            "--exclude-path", "/api/v1/api-key/regenerate", "--exclude-path", "/api/v1/webhooks/test"]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "", "NO_COLOR": "1"}
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=420, env=env)
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=420, env=env)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-6000:]
     assert re.search(r"Tested:\s+\d+", out), out[-2000:]

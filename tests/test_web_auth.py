@@ -11,9 +11,7 @@ import sys
 
 import pytest
 import requests
-
-from web_support import PASSWORD, admin, create_admin, csrf_of, login, post_form
-
+from web_support import PASSWORD, create_admin, csrf_of, login, module_server, post_form
 
 RULES = """
 import json, sys, tempfile
@@ -42,7 +40,18 @@ def _page_rules() -> list[str]:
     return out
 
 
-def test_no_page_but_login_without_a_session(sandbox):
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One server with an admin user for the tests that do not trip the login limit."""
+    gen = module_server(tmp_path_factory, "auth", sandbox=True, sandbox_delay_ms=20)
+    srv = next(gen)
+    create_admin(srv)
+    yield srv
+    gen.close()
+
+
+def test_no_page_but_login_without_a_session(shared):
+    sandbox = shared
     pages = _page_rules()
     assert "/admin/" in pages and "/admin/developers" in pages and "/" in pages
     for path in pages:
@@ -58,8 +67,8 @@ def test_no_page_but_login_without_a_session(sandbox):
     assert r.status_code == 401 and r.json()["error"]["code"] == "UNAUTHORIZED"
 
 
-def test_login_sets_a_strict_http_only_cookie_and_logout_ends_the_session(sandbox):
-    create_admin(sandbox)
+def test_login_sets_a_strict_http_only_cookie_and_logout_ends_the_session(shared):
+    sandbox = shared
     s = requests.Session()
     page = s.get(sandbox.url + "/admin/login", timeout=30).text
     r = s.post(sandbox.url + "/admin/login", data={"username": "admin", "password": "wrong password",
@@ -81,8 +90,8 @@ def test_login_sets_a_strict_http_only_cookie_and_logout_ends_the_session(sandbo
     assert replay.url.startswith(sandbox.url + "/admin/login")
 
 
-def test_login_never_redirects_off_the_admin_page(sandbox):
-    create_admin(sandbox)
+def test_login_never_redirects_off_the_admin_page(shared):
+    sandbox = shared
     s = requests.Session()
     for target in ("https://evil.example/", "//evil.example/admin", "/api/v1/health", "/admin\\@evil"):
         page = s.get(sandbox.url + "/admin/login", timeout=30).text
@@ -93,8 +102,9 @@ def test_login_never_redirects_off_the_admin_page(sandbox):
         post_form(s, sandbox, "/admin/", "/admin/logout")
 
 
-def test_every_form_needs_its_csrf_token(sandbox):
-    s = admin(sandbox)
+def test_every_form_needs_its_csrf_token(shared):
+    sandbox = shared
+    s = login(sandbox)
     old_hint = s.get(sandbox.url + "/admin/settings").text
     for action in ("/admin/settings/key", "/admin/logout", "/admin/accounts/create", "/admin/devices/pair"):
         r = s.post(sandbox.url + action, data={"confirm": "yes", "name": "x"}, allow_redirects=False)
@@ -140,17 +150,18 @@ def test_failed_logins_are_rate_limited(sandbox):
     # Successful logins are not counted (a fresh server, many good logins in a row).
 
 
-def test_good_logins_do_not_count_against_the_limit(sandbox):
-    create_admin(sandbox)
+def test_good_logins_do_not_count_against_the_limit(shared):
+    sandbox = shared
     for _ in range(12):
         s = login(sandbox)
         post_form(s, sandbox, "/admin/", "/admin/logout")
 
 
-def test_admin_cli_create_passwd_list_delete(sandbox):
+def test_admin_cli_create_passwd_list_delete(shared):
+    sandbox = shared
     def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "relaybox.cli", "admin", *args, "--data-dir", str(sandbox.data_dir)],
-                              input=stdin, env=sandbox.env, capture_output=True, text=True, timeout=60)
+                              input=stdin, env=sandbox.env, capture_output=True, text=True, check=False, timeout=60)
 
     assert cli("create", "ops@example", "--password-stdin", stdin=PASSWORD + "\n").returncode == 0
     dup = cli("create", "ops@example", "--password-stdin", stdin=PASSWORD + "\n")

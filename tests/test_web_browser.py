@@ -5,15 +5,13 @@ viewport without horizontal scrolling. Screenshots go to ``artifacts/``."""
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
-import requests
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (never `playwright install`)")
 
-from web_support import PASSWORD, create_admin, module_server  # noqa: E402
+from web_support import PASSWORD, create_admin, module_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "artifacts"

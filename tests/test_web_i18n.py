@@ -35,7 +35,7 @@ def _extracted(tmp_path: Path) -> set:
     out = tmp_path / "messages.pot"
     r = subprocess.run([sys.executable, "-m", "babel.messages.frontend", "extract", "-F",
                         str(TRANSLATIONS / "babel.cfg"), "-k", "N_", "--no-location", "-o", str(out), "."],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+                       cwd=ROOT, capture_output=True, text=True, check=False, timeout=120)
     assert r.returncode == 0, r.stderr
     with open(out, "rb") as fh:
         return {m.id for m in read_po(fh) if m.id}
@@ -58,11 +58,10 @@ def test_catalogue_is_complete_and_compiles(lang, tmp_path):
         assert all(strings), f"{lang}: empty translation of {m.id!r}"
         for s in strings:
             assert sorted(re.findall(r"%\(\w+\)s", s)) == sorted(re.findall(r"%\(\w+\)s", ids[0])), (lang, m.id)
-        if lang in SCRIPTS and not re.fullmatch(r"[\W\d_]*|[A-Za-z0-9 .:/&()%-]+", ids[0]):
-            # Sentences are written in the language's own script (technical terms stay in English,
-            # as the seeds' translations do); very short labels may be a technical term alone.
-            if len(ids[0].split()) > 3:
-                assert any(re.search(SCRIPTS[lang], s) for s in strings), (lang, m.id, strings)
+        # Sentences are written in the language's own script (technical terms stay in English, as
+        # the seeds' translations do); a label of three words or fewer may be a technical term alone.
+        if lang in SCRIPTS and len(ids[0].split()) > 3:
+            assert any(re.search(SCRIPTS[lang], s) for s in strings), (lang, m.id, strings)
     errors = list(cat.check())
     assert errors == [], errors[:3]
     # Compiles (as the app does at start-up).

@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import re
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 import requests
-
-from web_support import admin, csrf_of, module_server, post_form
+from web_support import admin, module_server, post_form
 
 PK = "+923001234567"
 
@@ -28,7 +27,7 @@ class Receiver:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 outer.got.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 self.send_response(200)
@@ -68,7 +67,7 @@ def steps_of(html: str) -> dict[str, bool]:
     return {k: v == "true" for k, v in re.findall(r'data-step="(\w+)" data-done="(true|false)"', html)}
 
 
-def wait(pred: Any, timeout: float = 10.0) -> Any:
+def wait(pred: Any, timeout: float = 20.0) -> Any:
     from conftest import wait_for
 
     return wait_for(pred, timeout)
@@ -122,7 +121,11 @@ def test_messages_search_filter_timeline_and_webhook_attempts(server, s, receive
     # The message page: the timeline and the webhook of every transition.
     ok = ids["+923001239876"]
     wait(lambda: api.get(f"/sms/{ok}").json()["data"]["status"] == "delivered")
-    wait(lambda: len(api.get("/webhooks/deliveries", params={"message_id": ok}).json()["data"]["deliveries"]) >= 4)
+    def all_delivered() -> bool:
+        ds = api.get("/webhooks/deliveries", params={"message_id": ok}).json()["data"]["deliveries"]
+        return len(ds) >= 4 and all(d["state"] == "succeeded" for d in ds)
+
+    wait(all_delivered, 30)
     page = s.get(server.url + f"/admin/messages/{ok}").text
     timeline = re.findall(r'<li class="done" data-status="(\w+)"', page)
     assert timeline == ["accepted", "queued", "dispatched", "sent", "delivered"]
@@ -165,7 +168,7 @@ def test_accounts_create_enable_subscription_and_switch(server, s):
     assert s.get(server.url + "/admin/accounts").text.count(key) == 0  # shown once
     post_form(s, server, "/admin/accounts", f"/admin/accounts/{acc}/update", {"api_enabled": "1"})
     assert server.api(key=key).get("/messages").status_code == 200
-    yesterday = (datetime.now(timezone.utc) - timedelta(days=1)).strftime("%Y-%m-%d")
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%d")
     post_form(s, server, "/admin/accounts", f"/admin/accounts/{acc}/update", {"subscription_until": yesterday})
     r = server.api(key=key).post("/sms/send", json={"to": PK, "body": "x"})
     assert r.status_code == 402 and r.json()["error"]["code"] == "SUBSCRIPTION_EXPIRED"

@@ -12,10 +12,20 @@ from typing import Any
 
 def init_app(app: Any) -> None:
     """Register blueprints, tasks and hooks on the app (called by create_app)."""
-    from relaybox.admin import apidoc, i18n, web
-    from relaybox.admin.users import AdminUser  # noqa: F401 - declares the table
     # Importing the page modules attaches their routes to the blueprints.
-    from relaybox.admin import accounts, auth, developers, devices, settings, start, views  # noqa: F401
+    from relaybox.admin import (  # noqa: F401
+        accounts,
+        apidoc,
+        auth,
+        developers,
+        devices,
+        i18n,
+        settings,
+        start,
+        views,
+        web,
+    )
+    from relaybox.admin.users import AdminUser  # noqa: F401 - declares the table
 
     runtime = app.extensions["relaybox"]
     i18n.init_babel(app, runtime.config.data_dir)

@@ -6,7 +6,7 @@ ledger's own function) and balances are read with ``GET /balance`` as the accoun
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import current_app, flash, redirect, request, session, url_for
@@ -68,7 +68,7 @@ def account_update(account_id: str) -> Any:
         raw = request.form["subscription_until"].strip()
         if raw:
             try:
-                day = datetime.strptime(raw, "%Y-%m-%d").replace(tzinfo=timezone.utc)
+                day = datetime.strptime(raw, "%Y-%m-%d").replace(tzinfo=UTC)
             except ValueError:
                 flash(_("Subscription: a date like 2026-12-31."), "error")
                 return redirect(url_for("admin.accounts"))
@@ -117,7 +117,7 @@ def account_open(account_id: str) -> Any:
 def _day(ms: int | None) -> str:
     if not ms:
         return ""
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d")
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d")
 
 
 # -- contacts -----------------------------------------------------------------------------------

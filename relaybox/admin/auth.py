@@ -3,11 +3,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import redirect, request, url_for
+from flask import current_app, redirect, request, url_for
 from flask_babel import gettext as _
 
 from relaybox.admin import users
-from relaybox.admin.web import bp, current_user, end_session, login_bp, page, safe_next, start_session
+from relaybox.admin.web import (
+    bp,
+    current_user,
+    end_session,
+    login_bp,
+    page,
+    safe_next,
+    start_session,
+    too_many,
+)
 
 
 @login_bp.route("/login", methods=["GET", "POST"])
@@ -18,8 +27,13 @@ def login() -> Any:
         return page("admin/login.html", no_users=not users.has_users(), next=request.args.get("next", ""))
     username = (request.form.get("username") or "").strip()
     password = request.form.get("password") or ""
+    limits = current_app.extensions["relaybox_admin_logins"]
+    wait = limits.retry_after(username)
+    if wait:
+        return too_many(wait, username)
     user = users.authenticate(username, password) if username and password else None
     if user is None:
+        limits.failed(username)
         return page("admin/login.html", 401, error=_("Wrong user name or password."), username=username,
                     no_users=not users.has_users(), next=request.form.get("next", ""))
     start_session(user)

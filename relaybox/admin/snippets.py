@@ -9,8 +9,9 @@ same fields. The tests run the cURL, Python and Node snippets against a live ser
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 LANGUAGES: list[tuple[str, str]] = [
     ("curl", "cURL"), ("php", "PHP"), ("laravel", "Laravel"), ("node", "Node"), ("axios", "Axios"),

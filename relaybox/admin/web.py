@@ -8,16 +8,26 @@ CSRF is checked on the session-authenticated area (/admin) only.
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import (Blueprint, Response, current_app, g, redirect, render_template, request, session,
-                   url_for)
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask_babel import gettext as _
-from flask_limiter import Limiter
-from flask_limiter.errors import RateLimitExceeded
-from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from limits import parse
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 
 from relaybox.admin import users
 from relaybox.admin.i18n import LANGUAGES, direction
@@ -158,20 +168,42 @@ def init_security(app: Any) -> None:
                     message=_("The page was open too long or was opened in another session. "
                               "Go back, reload the page and try again."))
 
-    limiter = Limiter(get_remote_address, storage_uri="memory://", headers_enabled=True,
-                      key_prefix="relaybox-admin")
-    limiter.init_app(app)
-    failed = {"methods": ["POST"], "deduct_when": lambda resp: resp.status_code == 401}
-    for value in LOGIN_LIMITS:
-        limiter.limit(value, **failed)(login_bp)
-    limiter.limit(USER_LIMIT, key_func=lambda: "user:" + (request.form.get("username") or "").lower()[:64],
-                  **failed)(login_bp)
-    app.extensions["relaybox_admin_limiter"] = limiter
+    app.extensions["relaybox_admin_logins"] = LoginLimits()
 
 
+class LoginLimits:
+    """Failed logins per client address and per user name, moving windows (the ``limits``
+    library, in memory: waitress is one process). Only failures count, so people who type their
+    password right are never slowed down; over a limit even the right password waits.
 
-@login_bp.errorhandler(RateLimitExceeded)
-def _too_many(exc: RateLimitExceeded) -> Response:
-    """Over the login limit: the login page again, 429, with ``Retry-After`` (Flask-Limiter)."""
-    return page("admin/login.html", 429, username=request.form.get("username", ""),
+    The check runs in the login view only, so no other request pays for it."""
+
+    def __init__(self) -> None:
+        self.strategy = MovingWindowRateLimiter(MemoryStorage())
+        self.rules = [(parse(v), "addr") for v in LOGIN_LIMITS] + [(parse(USER_LIMIT), "user")]
+
+    def _keys(self, username: str) -> dict[str, str]:
+        return {"addr": request.remote_addr or "-", "user": username.lower()[:64]}
+
+    def retry_after(self, username: str) -> int:
+        """Seconds to wait before the next attempt; 0 when one is allowed now."""
+        keys = self._keys(username)
+        wait = 0
+        for item, kind in self.rules:
+            if not self.strategy.test(item, "login", kind, keys[kind]):
+                reset = self.strategy.get_window_stats(item, "login", kind, keys[kind]).reset_time
+                wait = max(wait, int(reset - time.time()) + 1)
+        return wait
+
+    def failed(self, username: str) -> None:
+        keys = self._keys(username)
+        for item, kind in self.rules:
+            self.strategy.hit(item, "login", kind, keys[kind])
+
+
+def too_many(retry_after: int, username: str) -> Response:
+    """Over the login limit: the login page again, 429, with ``Retry-After``."""
+    resp = page("admin/login.html", 429, username=username,
                 error=_("Too many failed attempts. Wait a few minutes and try again."))
+    resp.headers["Retry-After"] = str(retry_after)
+    return resp
