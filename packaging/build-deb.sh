@@ -20,8 +20,10 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 ARCH=$(dpkg --print-architecture)
 OUT="$ROOT/dist"
+# The Python that builds (not the target's): $PYTHON, else an active/PATH venv's python3, else
+# the checkout's .venv.
 if [ -z "${PYTHON:-}" ]; then
-    if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
+    if [ -n "${VIRTUAL_ENV:-}" ] || [ ! -x "$ROOT/.venv/bin/python" ]; then PYTHON=python3; else PYTHON="$ROOT/.venv/bin/python"; fi
 fi
 while [ $# -gt 0 ]; do
     case "$1" in
