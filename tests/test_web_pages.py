@@ -99,8 +99,11 @@ def test_getting_started_follows_the_live_state(server, s, receiver):
     assert server.api().post("/queue/pause").status_code == 200
     page = s.get(server.url + "/admin/start").text
     assert steps_of(page)["ready"] is False and "paused" in page
+    frag = s.get(server.url + "/admin/f/queue", headers={"X-Requested-With": "fetch"}).text
+    assert "Sending is paused" in frag and "POST /queue/resume" in frag
     assert server.api().post("/queue/resume").status_code == 200
     assert steps_of(s.get(server.url + "/admin/start").text)["ready"] is True
+    assert "Accepting messages" in s.get(server.url + "/admin/f/queue").text
 
 
 def test_messages_search_filter_timeline_and_webhook_attempts(server, s, receiver):

@@ -34,4 +34,6 @@ def init_app(app: Any) -> None:
     app.register_blueprint(web.bp)
     app.add_url_rule("/", "root", views.root)
     app.context_processor(web.template_globals)
+    # Examples and payloads keep their documented field order (Jinja's tojson sorts by default).
+    app.jinja_env.policies["json.dumps_kwargs"] = {"sort_keys": False}
     apidoc.init_app(app)

@@ -129,7 +129,10 @@ def queue_health(account: Account) -> dict[str, Any]:
         ans = call("GET", "/queue", account)
         if ans.ok and isinstance(ans.data, dict):
             data = dict(ans.data)
-            data.setdefault("by_status", _first(data, "depth_by_status", "depth", default={}))
+            depth = data.get("depth")
+            data["by_status"] = depth if isinstance(depth, dict) else data.get("depth_by_status", {})
+            data["waiting"] = _first(data, "total_waiting", default=depth if isinstance(depth, int) else
+                                     sum(v for v in data["by_status"].values() if isinstance(v, int)))
             data["source"] = "api"
             return data
     counts = dict(Message.select(Message.status, pw.fn.COUNT(Message.id))
@@ -140,7 +143,7 @@ def queue_health(account: Account) -> dict[str, Any]:
     since = now_ms() - 5 * 60_000
     sent5 = Message.select().where((Message.account == account) & (Message.sent_at >= since)).count()
     rt = runtime()
-    return {"by_status": counts, "depth": sum(counts.values()),
+    return {"by_status": counts, "waiting": sum(counts.values()), "blocked_reasons": [],
             "oldest_queued_age_seconds": round((now_ms() - oldest) / 1000) if oldest else None,
             "sent_last_5_minutes": sent5, "blocked": bool(account.paused or rt.instance_paused()),
             "source": "core"}
