@@ -80,6 +80,18 @@ def test_login_sets_a_strict_http_only_cookie_and_logout_ends_the_session(shared
     assert r.status_code == 302 and r.headers["Location"].endswith("/admin/settings")
     cookie = r.headers["Set-Cookie"]
     assert "relaybox_session=" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie, cookie
+    assert "Secure" not in cookie  # plain HTTP here; behind the TLS front the cookie is Secure:
+    # (nginx on the box sets these; the client here plays both, and sends the Secure cookie back
+    # by hand since requests would not send it over plain HTTP.)
+    front = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "relaybox.lan",
+             "Referer": "https://relaybox.lan/admin/login"}
+    first = requests.get(sandbox.url + "/admin/login", headers=front, timeout=30)
+    assert "; Secure" in first.headers["Set-Cookie"]
+    jar = first.headers["Set-Cookie"].split(";")[0]
+    r_tls = requests.post(sandbox.url + "/admin/login", headers={**front, "Cookie": jar}, allow_redirects=False,
+                          data={"username": "admin", "password": PASSWORD, "csrf_token": csrf_of(first.text)})
+    assert r_tls.status_code == 302 and "; Secure" in r_tls.headers["Set-Cookie"], r_tls.status_code
+    assert r_tls.headers["Location"] in ("/admin/", "https://relaybox.lan/admin/")
     assert s.get(sandbox.url + "/admin/", timeout=30).url == sandbox.url + "/admin/"
     stolen = dict(s.cookies)
     r = post_form(s, sandbox, "/admin/", "/admin/logout", allow_redirects=False)

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from flask import (
     Blueprint,
     Response,
+    abort,
     current_app,
     g,
     redirect,
@@ -23,6 +24,7 @@ from flask import (
     session,
     url_for,
 )
+from flask.sessions import SecureCookieSessionInterface
 from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from limits import parse
@@ -71,6 +73,15 @@ def end_session() -> None:
         session["lang"] = lang
 
 
+class SessionCookies(SecureCookieSessionInterface):
+    """Flask's signed cookie (it holds only a random session id, see :mod:`relaybox.admin.users`),
+    marked ``Secure`` whenever the page was reached over HTTPS (directly or through the TLS
+    front), not only when ``public_url`` says https."""
+
+    def get_cookie_secure(self, app: Any) -> bool:
+        return bool(super().get_cookie_secure(app) or request.is_secure)
+
+
 def current_user() -> users.AdminUser | None:
     sid = session.get("sid")
     if not sid:
@@ -89,10 +100,8 @@ def current_account() -> Account:
         acc = Account.get_or_none(Account.id == chosen)
     if acc is None:
         acc = (Account.select().order_by(Account.is_owner.desc(), Account.created_at).first())
-    if acc is None:
-        from relaybox.accounts import create_account
-
-        acc, _key = create_account("Owner", api_enabled=True, owner=True)
+    if acc is None:  # `relaybox serve` and `relaybox init` always create the owner first
+        abort(503, "no account yet: run `relaybox init`")
     return acc
 
 
@@ -144,6 +153,7 @@ def init_security(app: Any) -> None:
     app.config["SESSION_COOKIE_PATH"] = "/"
     runtime = app.extensions["relaybox"]
     app.config["SESSION_COOKIE_SECURE"] = runtime.config.public_url.startswith("https://")
+    app.session_interface = SessionCookies()
     from datetime import timedelta
 
     app.config["PERMANENT_SESSION_LIFETIME"] = timedelta(hours=SESSION_HOURS)
