@@ -15,8 +15,8 @@ from relaybox.timeutil import now_ms
 
 STATES = ("Pending", "Cancelling", "Cancelled", "Processed", "Sent", "Delivered", "Failed")
 # relaybox priority (otp 0, high 1, normal 2, bulk 3) → the app's (-128..127; ≥ 100 skips the
-# phone's own send limits and delays, which an OTP should).
-APP_PRIORITY = {0: 100, 1: 50, 2: 0, 3: -50}
+# phone's own send limits and delays, which otp and high should: they skip relaybox's pacing).
+APP_PRIORITY = {0: 100, 1: 100, 2: 0, 3: -50}
 USER_AGENT_RE = re.compile(r"me\.capcom\.smsgateway/([0-9A-Za-z.+_-]{1,32})")
 
 

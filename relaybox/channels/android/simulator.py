@@ -563,6 +563,7 @@ class SimulatedDevice:
         credentials: tuple[str, str] | None = None,
         name: str = "Google/sdk_gphone64_x86_64",
         fail_rate: float = 0.0,
+        fail_error: str = SEND_FAILURE_ERROR,
         delay_ms: int = 300,
         send_delay_ms: int = 0,
         verify: bool | str = True,
@@ -595,7 +596,8 @@ class SimulatedDevice:
         when set the app never opens SSE (§5), so neither does the simulator.
         ``delay_ms``: radio delay Processed→Sent and Sent→Delivered. ``send_delay_ms``: how long a
         pulled message stays locally Pending (queue time; a cancel can still win).
-        ``fail_rate``: probability that a recipient's ``ACTION_SENT`` reports failure.
+        ``fail_rate``: probability that a recipient's ``ACTION_SENT`` reports failure, with the
+        error text ``fail_error`` (e.g. ``"Send result: RESULT_ERROR_RADIO_OFF (...)"``).
         ``backoff_scale`` multiplies every app back-off (SSE reconnect, worker retries).
         ``strict``: raise on server replies the app would choke on (content type, missing
         fields); turn off to exercise odd servers. ``serialize_nulls``: write ``null`` fields
@@ -613,6 +615,7 @@ class SimulatedDevice:
         self.credentials = credentials
         self.name = name[:128]
         self.fail_rate = fail_rate
+        self.fail_error = fail_error
         self.delay_ms = delay_ms
         self.send_delay_ms = send_delay_ms
         self.verify = verify
@@ -1448,7 +1451,7 @@ class SimulatedDevice:
     ) -> Callable[[], None]:
         def fire() -> None:
             if fails:
-                self._update_state(msg, phone, FAILED, SEND_FAILURE_ERROR)
+                self._update_state(msg, phone, FAILED, self.fail_error)
                 return
             self._update_state(msg, phone, SENT)
             if msg.with_delivery_report:
