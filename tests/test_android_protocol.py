@@ -173,3 +173,11 @@ def test_dates_are_read_leniently_and_written_in_the_apps_pattern(text, expected
 @pytest.mark.parametrize("junk", [None, 5, "", "yesterday", "2026-13-40T00:00:00Z", "2026-11-22T10:30:00+99:00"])
 def test_unreadable_dates_are_ignored(junk):
     assert parse_date(junk) is None
+
+
+def test_guessing_codes_is_slowed_down(srv):
+    code = new_code(srv)
+    for i in range(20):
+        assert register_raw(srv, f"Code {10000000 + i}").status_code == 401
+    r = register_raw(srv, f"Code {code}")
+    assert r.status_code == 429 and "wait" in _json(r)["message"]
