@@ -23,7 +23,7 @@ PAGES = ["/admin/", "/admin/start", "/admin/messages", "/admin/devices", "/admin
 
 
 @pytest.fixture(scope="module")
-def browser():
+def chrome():
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium fonts-noto-core")
     with playwright_api.sync_playwright() as p:
@@ -62,10 +62,10 @@ def no_horizontal_scroll(page) -> None:
     assert sizes[0] <= sizes[2] and sizes[1] <= sizes[2], (page.url, sizes)
 
 
-def test_login_dashboard_pair_a_phone_and_regenerate_the_key(browser, server, tmp_path):
+def test_login_dashboard_pair_a_phone_and_regenerate_the_key(chrome, server, tmp_path):
     from relaybox.channels.android.simulator import SimulatedDevice
 
-    ctx = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-US")
+    ctx = chrome.new_context(viewport={"width": 1280, "height": 900}, locale="en-US")
     page = ctx.new_page()
     page.set_default_timeout(15_000)
     log_in(page, server)
@@ -132,8 +132,8 @@ def test_login_dashboard_pair_a_phone_and_regenerate_the_key(browser, server, tm
     ctx.close()
 
 
-def test_urdu_is_right_to_left_and_every_language_renders(browser, server):
-    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+def test_urdu_is_right_to_left_and_every_language_renders(chrome, server):
+    ctx = chrome.new_context(viewport={"width": 1280, "height": 900})
     page = ctx.new_page()
     page.set_default_timeout(15_000)
     log_in(page, server)
@@ -163,8 +163,8 @@ def test_urdu_is_right_to_left_and_every_language_renders(browser, server):
     ctx.close()
 
 
-def test_phone_viewport_has_no_horizontal_scrolling(browser, server):
-    ctx = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
+def test_phone_viewport_has_no_horizontal_scrolling(chrome, server):
+    ctx = chrome.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
                               has_touch=True)
     page = ctx.new_page()
     page.set_default_timeout(15_000)
