@@ -381,7 +381,8 @@ def list_contacts(query: ContactQuery):
                      "total": total, "has_more": more})
 
 
-@bp.get("/contacts/export")
+@bp.get("/contacts/export", responses={200: {"description": "The contacts as CSV (name,phone,tags,notes)",
+                                               "content": {"text/csv": {"schema": {"type": "string"}}}}})
 def export_contacts(query: ExportQuery):
     """All your contacts (or those with ``tag``) as CSV: name, phone, tags (``;``-separated), notes."""
     account = current_account()
