@@ -8,5 +8,8 @@
 * ``scan``      -- finding the AT port (``/dev/serial/by-id``) and probing it with ``ATI``.
 * ``simulator`` -- a scriptable PDU-mode modem on a pty, for tests and ``relaybox modem
                    simulate``.
-* ``channel``   -- the Channel that wires a driver to the message table.
+* ``channel``   -- the Channel that wires a driver to the message table (and ``init_app``).
+* ``models``    -- modems added through the API; inbound SMS already stored.
+* ``manage``    -- ``/api/v1/modems``: list, add, change, remove, USSD, reset, scan.
+* ``cli``       -- ``relaybox modem scan | simulate | ussd``.
 """
