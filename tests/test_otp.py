@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sqlite3
 import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,15 +68,27 @@ def offline(server_factory, clock) -> RelayboxServer:
     return server_factory(test_clock_file=clock.path)
 
 
+def database_url(srv: RelayboxServer) -> str:
+    """The server's database: its SQLite file, or PostgreSQL in a scale-out run of the suite."""
+    return srv.env.get("RELAYBOX_DATABASE") or f"sqlite:///{srv.data_dir / 'relaybox.db'}"
+
+
 @contextmanager
-def server_db(srv: RelayboxServer) -> Iterator[None]:
+def server_db(srv: RelayboxServer) -> Iterator[Any]:
     """Bind this process's database handle and instance secret to the server's own."""
     set_instance_secret(load_or_create_secret(str(srv.data_dir)))
-    database = open_database(f"sqlite:///{srv.data_dir / 'relaybox.db'}")
+    database = open_database(database_url(srv))
     try:
-        yield
+        yield database
     finally:
         database.close()
+
+
+def db_rows(srv: RelayboxServer, sql: str, *args: Any) -> list[tuple]:
+    """Run SQL ('?' placeholders) on the server's database; commits."""
+    with server_db(srv) as database:
+        rows = database.execute_sql(sql.replace("?", database.param), args).fetchall()
+        return [tuple(r) for r in rows]
 
 
 def handset_text(srv: RelayboxServer, message_id: str) -> str:
@@ -116,14 +127,6 @@ def error(r, status: int, code: str, field: str | None = None) -> dict[str, Any]
     if field is not None:
         assert body["error"].get("field") == field, body
     return body["error"]
-
-
-def db_rows(srv: RelayboxServer, sql: str, *args: Any) -> list[tuple]:
-    con = sqlite3.connect(srv.data_dir / "relaybox.db")
-    try:
-        return con.execute(sql, args).fetchall()
-    finally:
-        con.close()
 
 
 # -- the happy path ----------------------------------------------------------------------------
@@ -222,7 +225,7 @@ def test_a_late_otp_is_never_sent(offline, clock):
     with pytest.raises(messages.NotSendable) as exc:
         handset_text(offline, d["message_id"])
     assert exc.value.status == "expired"
-    wait_for(lambda: db_rows(offline, "SELECT sealed IS NULL, status FROM otp")[0] == (1, "expired"),
+    wait_for(lambda: db_rows(offline, "SELECT sealed, status FROM otp")[0] == (None, "expired"),
              message="sealed text wiped and expiry persisted")
 
 
@@ -389,10 +392,7 @@ def test_each_locale_text_is_in_its_script_with_the_ascii_code(srv):
 
 
 def test_default_locale_comes_from_the_account(srv):
-    con = sqlite3.connect(srv.data_dir / "relaybox.db")
-    con.execute("UPDATE account SET locale = 'bn'")  # what the account settings page will set
-    con.commit()
-    con.close()
+    db_rows(srv, "UPDATE account SET locale = 'bn' RETURNING id")  # what the account settings will set
     d = send(srv.api()).json()["data"]
     assert d["locale"] == "bn"
     _, text = sent_code(srv, d)
@@ -507,21 +507,20 @@ def test_the_code_is_in_no_log_line_no_api_answer_and_no_database_column(server_
     log = s.log()
     assert "otp/verify" in log and code not in log
 
-    con = sqlite3.connect(s.data_dir / "relaybox.db")
-    try:
-        tables = [t for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        assert "otp" in tables and "message" in tables and "event" in tables
+    with server_db(s) as database:
+        sqlite = database.param == "?"
+        tables = database.get_tables()
+        assert {"otp", "otp_guard", "message", "event"} <= set(tables)
+        find = 'instr(CAST("{c}" AS TEXT), ?) > 0' if sqlite else 'strpos(CAST("{c}" AS TEXT), %s) > 0'
         checked = 0
         for t in tables:
-            for col in [c[1] for c in con.execute(f'PRAGMA table_info("{t}")')]:
-                hits = con.execute(f'SELECT COUNT(*) FROM "{t}" WHERE instr(CAST("{col}" AS TEXT), ?) > 0',
-                                   (code,)).fetchone()[0]
-                assert hits == 0, f"the code is in {t}.{col}"
+            for col in database.get_columns(t):
+                hits = database.execute_sql(f'SELECT COUNT(*) FROM "{t}" WHERE ' + find.format(c=col.name),
+                                            (code,)).fetchone()[0]
+                assert hits == 0, f"the code is in {t}.{col.name}"
                 checked += 1
         assert checked > 50
-        assert con.execute("SELECT COUNT(*) FROM otp WHERE sealed IS NOT NULL").fetchone()[0] == 0
-    finally:
-        con.close()
+        assert database.execute_sql("SELECT COUNT(*) FROM otp WHERE sealed IS NOT NULL").fetchone()[0] == 0
     for f in s.data_dir.iterdir():  # nor in any byte of any file (WAL, queue, ...)
         if f.is_file() and f.name != "server.log":
             assert code.encode() not in f.read_bytes(), f.name
