@@ -5,6 +5,7 @@ checked once per login, so it gets a slow, memory-hard hash (LIBRARIES.md 6a).
 """
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 
@@ -18,7 +19,13 @@ from relaybox.timeutil import now_ms
 
 _hasher = PasswordHasher()
 # Verified against when the user does not exist, so a login for an unknown name costs the same.
-_DUMMY_HASH = _hasher.hash("relaybox-no-such-user")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash to verify against for unknown users (same work either way). Made on first use:
+    an argon2 hash costs 64 MiB and ~0.4 s, which every process start paid before."""
+    return _hasher.hash("relaybox-no-such-user")
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 MIN_PASSWORD = 8
@@ -109,7 +116,7 @@ def delete_user(username: str) -> bool:
 def authenticate(username: str, password: str) -> AdminUser | None:
     """The user when the password matches; same work whether or not the user exists."""
     user = AdminUser.get_or_none(AdminUser.username == username) if len(username) <= 64 else None
-    stored = user.password_hash if user is not None else _DUMMY_HASH
+    stored = user.password_hash if user is not None else _dummy_hash()
     try:
         _hasher.verify(stored, password[:MAX_PASSWORD])
     except (VerificationError, InvalidHashError):
