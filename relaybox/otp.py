@@ -38,8 +38,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import peewee as pw
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from relaybox import events, messages
 from relaybox.config import Config
@@ -143,12 +141,18 @@ def _sealing_key() -> bytes:
 
 def seal(otp_id: str, text: str) -> bytes:
     nonce = os.urandom(12)
+    from cryptography.hazmat.primitives.ciphers.aead import (
+        AESGCM,  # on use: keeps start-up light
+    )
+
     return nonce + AESGCM(_sealing_key()).encrypt(nonce, text.encode(), otp_id.encode())
 
 
 def unseal(otp_id: str, blob: bytes) -> str:
     """The sealed text; raises InvalidTag if it was sealed under another secret or altered."""
     blob = bytes(blob)
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     return AESGCM(_sealing_key()).decrypt(blob[:12], blob[12:], otp_id.encode()).decode()
 
 
@@ -317,6 +321,8 @@ def body_source(m: Message) -> str | None:
         raise NotSendable(f"the code is {o.status}; not sent", status="cancelled", error_code="OTP_WITHDRAWN")
     if o.sealed is None:
         raise NotSendable("the code's text is gone", status="failed", error_code="OTP_UNAVAILABLE")
+    from cryptography.exceptions import InvalidTag
+
     try:
         return unseal(o.id, o.sealed)
     except InvalidTag:

@@ -61,7 +61,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import peewee as pw
-import requests
 from standardwebhooks import Webhook
 
 from relaybox import __version__, events
@@ -72,6 +71,8 @@ from relaybox.security import digest
 from relaybox.timeutil import iso, now_ms
 
 if TYPE_CHECKING:  # pragma: no cover
+    import requests
+
     from relaybox.runtime import Runtime
 
 log = logging.getLogger("relaybox.webhooks")
@@ -397,6 +398,8 @@ _local = threading.local()
 
 
 def _session() -> requests.Session:
+    import requests  # imported on first delivery: most boxes never pay its ~5 MB
+
     s = getattr(_local, "session", None)
     if s is None:
         s = requests.Session()
@@ -423,6 +426,8 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 def _network_error(exc: Exception) -> str:
+    import requests
+
     if isinstance(exc, requests.Timeout):
         return f"timeout: no answer within {TIMEOUT_S:g} s"
     text = str(exc)
@@ -442,6 +447,8 @@ def post_signed(url: str, body: str, msg_id: str, secrets_: list[str]) -> Attemp
         "webhook-timestamp": str(ts),
         "webhook-signature": sign(secrets_, msg_id, ts, body),
     }
+    import requests
+
     t0 = time.monotonic()
     try:
         resp = _session().post(url, data=body.encode(), headers=headers, timeout=TIMEOUT_S,

@@ -8,6 +8,7 @@ CSRF is checked on the session-authenticated area (/admin) only.
 """
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,9 +28,6 @@ from flask import (
 from flask.sessions import SecureCookieSessionInterface
 from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError, CSRFProtect
-from limits import parse
-from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
 
 from relaybox.admin import users
 from relaybox.admin.i18n import LANGUAGES, direction
@@ -189,10 +187,25 @@ class LoginLimits:
     The check runs in the login view only, so no other request pays for it."""
 
     def __init__(self) -> None:
-        self.strategy = MovingWindowRateLimiter(MemoryStorage())
-        self.rules = [(parse(v), "addr") for v in LOGIN_LIMITS] + [(parse(USER_LIMIT), "user")]
+        self._lock = threading.Lock()
+        self._ready = False
+
+    def _setup(self) -> None:
+        # Built on the first login: the limits package (and asyncio under it) costs memory
+        # that only the login view needs.
+        with self._lock:
+            if self._ready:
+                return
+            from limits import parse
+            from limits.storage import MemoryStorage
+            from limits.strategies import MovingWindowRateLimiter
+
+            self.strategy = MovingWindowRateLimiter(MemoryStorage())
+            self.rules = [(parse(v), "addr") for v in LOGIN_LIMITS] + [(parse(USER_LIMIT), "user")]
+            self._ready = True
 
     def _keys(self, username: str) -> dict[str, str]:
+        self._setup()
         return {"addr": request.remote_addr or "-", "user": username.lower()[:64]}
 
     def retry_after(self, username: str) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 
 import peewee as pw
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from relaybox.db import BaseModel, JSONField
 from relaybox.models import Account
@@ -51,6 +50,10 @@ def _pin_key() -> bytes:
 
 def seal_pin(name: str, pin: str) -> str:
     nonce = os.urandom(12)
+    from cryptography.hazmat.primitives.ciphers.aead import (
+        AESGCM,  # on use: keeps start-up light
+    )
+
     return (nonce + AESGCM(_pin_key()).encrypt(nonce, pin.encode(), name.encode())).hex()
 
 
@@ -59,6 +62,7 @@ def unseal_pin(name: str, sealed: str | None) -> str | None:
     if not sealed:
         return None
     from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     blob = bytes.fromhex(sealed)
     try:
