@@ -127,6 +127,38 @@ class RelayboxServer:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
 
+    @property
+    def database_url(self) -> str:
+        """The database this server uses: its SQLite file, or the PostgreSQL URL of a scale-out run."""
+        return self.env.get("RELAYBOX_DATABASE") or "sqlite:///" + str(self.data_dir / "relaybox.db")
+
+    def sql(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement on this server's database and commit; rows if it returns any.
+
+        ``?`` placeholders work on SQLite and PostgreSQL alike, so tests that look at (or age)
+        rows directly also run in the scale-out run.
+        """
+        url = self.database_url
+        if url.startswith("postgres"):
+            import psycopg2
+
+            con = psycopg2.connect(url)
+            try:
+                with con, con.cursor() as cur:
+                    cur.execute(query.replace("%", "%%").replace("?", "%s"), params)
+                    return list(cur.fetchall()) if cur.description else []
+            finally:
+                con.close()
+        import sqlite3
+
+        con = sqlite3.connect(url[len("sqlite:///"):], timeout=30)
+        try:
+            with con:
+                cur = con.execute(query, params)
+                return list(cur.fetchall()) if cur.description else []
+        finally:
+            con.close()
+
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
