@@ -60,7 +60,7 @@ class Db:
             con = psycopg2.connect(self.target)
             try:
                 with con.cursor() as cur:
-                    cur.execute(sql.replace("?", "%s"), params)
+                    cur.execute(sql.replace("%", "%%").replace("?", "%s"), params)
                     return list(cur.fetchall())
             finally:
                 con.close()
@@ -76,6 +76,12 @@ class Db:
 
 def sqlite_db(srv: Any) -> Db:
     return Db(srv.data_dir / "relaybox.db")
+
+
+def server_db(srv: Any) -> Db:
+    """The database of a test server: its SQLite file, or its PostgreSQL database (scale-out run)."""
+    url = srv.database_url
+    return Db(url if url.startswith("postgres") else url[len("sqlite:///"):])
 
 
 @dataclass

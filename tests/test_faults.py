@@ -23,6 +23,7 @@ from ops_support import (
     free_port,
     health_ok,
     p,
+    server_db,
     sqlite_db,
     time_until,
     wait_all_finished,
@@ -45,8 +46,6 @@ def test_kill_9_under_load_then_restart_loses_nothing_and_sends_nothing_twice(se
     clock = tmp_path / "clock"
     _write_clock(clock, 0)
     srv = server_factory(sandbox=True, sandbox_delay_ms=40, test_clock_file=str(clock))
-    if str(srv.env.get("RELAYBOX_DATABASE", "")).startswith("postgres"):
-        pytest.skip("the kill -9 audit reads the SQLite file; the scale-out run covers PostgreSQL")
     load = Load(srv.url, srv.key, threads=4).start()
     time_until(lambda: len(load.accepted) >= 30, timeout=60)
     before = len(load.accepted)
@@ -73,7 +72,7 @@ def test_kill_9_under_load_then_restart_loses_nothing_and_sends_nothing_twice(se
     time_until(lambda: len(after.accepted) >= 10, timeout=60)
     after.stop()
 
-    db = sqlite_db(srv)
+    db = server_db(srv)
     accepted = load.ids | after.ids
     final = wait_all_finished(db, timeout=90)
     result = audit(db, accepted)
@@ -93,7 +92,7 @@ def test_kill_9_under_load_then_restart_loses_nothing_and_sends_nothing_twice(se
 def test_database_locked_by_another_process_delays_then_recovers(server_factory):
     srv = server_factory(sandbox=True, sandbox_delay_ms=30)
     if str(srv.env.get("RELAYBOX_DATABASE", "")).startswith("postgres"):
-        pytest.skip("SQLite lock scenario")
+        pytest.skip("a foreign lock on the SQLite file; PostgreSQL has no such single write lock")
     dbfile = srv.data_dir / "relaybox.db"
     load = Load(srv.url, srv.key, threads=3).start()
     time_until(lambda: len(load.accepted) >= 10, timeout=60)
@@ -222,9 +221,7 @@ def test_disk_full_on_the_data_dir_refuses_cleanly_and_recovers(server_factory, 
 
 def test_webhook_receiver_down_then_up_gets_every_status_and_sends_stay_fast(server_factory):
     srv = server_factory(sandbox=True, sandbox_delay_ms=30, webhook_retry_schedule="[0,1,1,1,1,1,1,1,1,1,1,1]")
-    if str(srv.env.get("RELAYBOX_DATABASE", "")).startswith("postgres"):
-        pytest.skip("the attempt audit reads the SQLite file; the scale-out run covers PostgreSQL")
-    db = sqlite_db(srv)
+    db = server_db(srv)
     receiver = Receiver(free_port())
     api = srv.api()
     r = api.put("/webhooks", json={"status_url": f"http://127.0.0.1:{receiver.port}/hook"})

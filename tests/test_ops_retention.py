@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from conftest import wait_for
-from ops_support import Receiver, free_port, sqlite_db
+from ops_support import Receiver, free_port, server_db
 
 
 def _clock(path, offset_ms: int) -> None:
@@ -21,8 +20,6 @@ def test_retention_prunes_finished_messages_and_their_logs_but_keeps_open_and_re
     _clock(clock, 0)
     srv = server_factory(sandbox=True, sandbox_delay_ms=20, retention_days=1, retention_interval=0.5,
                          test_clock_file=str(clock))
-    if str(srv.env.get("RELAYBOX_DATABASE", "")).startswith("postgres"):
-        pytest.skip("the audit reads the SQLite file")
     receiver = Receiver(free_port())
     receiver.up()
     try:
@@ -39,7 +36,7 @@ def test_retention_prunes_finished_messages_and_their_logs_but_keeps_open_and_re
             return st.count("delivered") == 2 and "failed" in st and "sent" in st
 
         wait_for(finished, timeout=30, message="old messages finished")
-        db = sqlite_db(srv)
+        db = server_db(srv)
         wait_for(lambda: db.scalar("SELECT COUNT(*) FROM webhook_delivery WHERE state = 'succeeded'") >= 10,
                  timeout=30, message="webhooks delivered")
         marks = ",".join("?" * len(old))
