@@ -15,7 +15,8 @@ wrk drives 32 keep-alive connections, each run with fresh OTPs:
   saturation throughput on the same machine, the convention of ``bench/api.py``, or ``--rate``;
   target p99 <= 10 ms;
 - for information, paced at half the measured capacity and at one request per client per
-  second.
+  second, and ``GET /health`` (no auth, no write) paced like the judged run: the machine's
+  floor at that moment (on a busy shared machine the scheduler, not relaybox, sets the tail).
 
     .venv/bin/python bench/otp_verify.py [--duration 10] [--rate R]
 
@@ -48,7 +49,7 @@ WRK_THREADS = 2
 TARGET_P99_MS = 10.0
 
 LUA = """
-wrk.method = "POST"
+wrk.method = "%(method)s"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["X-API-Key"] = "%(key)s"
 bodies = %(bodies)s
@@ -60,6 +61,7 @@ function setup(thread)
   table.insert(threads, thread)
 end
 function init(args)
+  math.randomseed(os.time() * 100 + tid)
   idx = 0
   ok = 0
   success = 0
@@ -94,12 +96,16 @@ def lua_string(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def run_wrk(url: str, key: str, per_thread: list[list[str]], duration: int, rate: float | None) -> dict[str, Any]:
+def run_wrk(url: str, key: str, per_thread: list[list[str]], duration: int, rate: float | None,
+            method: str = "POST") -> dict[str, Any]:
     bodies = "{" + ",".join("{" + ",".join(lua_string(b) for b in lst) + "}" for lst in per_thread) + "}"
     delay = ""
     if rate:
-        delay = f"function delay() return {CONNECTIONS / rate * 1000:.3f} end"
-    script = LUA % {"key": key, "bodies": bodies, "delay": delay}
+        # Exponential think times (Poisson arrivals): a constant delay would synchronise the 32
+        # connections into bursts of 32 requests at once, which measures the burst, not the rate.
+        mean_ms = CONNECTIONS / rate * 1000
+        delay = f"function delay() return -math.log(1 - math.random()) * {mean_ms:.3f} end"
+    script = LUA % {"key": key, "bodies": bodies, "delay": delay, "method": method}
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
         fh.write(script)
         path = fh.name
@@ -217,6 +223,12 @@ def main() -> int:
         judged = run("paced", rate, capacity)
         run("paced_half_capacity", capacity / 2, capacity)
         run("paced_1_per_client_per_s", CONNECTIONS, capacity)
+        # The floor of this machine at that moment: GET /health (no auth, no database write)
+        # at the judged run's pacing, same 32 connections.
+        time.sleep(1)
+        runs["reference_health"] = run_wrk(rb.base + "/health", rb.key, [[""]] * WRK_THREADS, args.duration,
+                                           min(rate, capacity), method="GET")
+        runs["reference_health"]["offered_rps"] = round(min(rate, capacity))
         results["rss_mb"] = round(rb.rss_mb(), 1)
     results["runs"] = runs
     results["loadavg_after"] = os.getloadavg()[0]

@@ -10,14 +10,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import RelayboxServer, wait_for
+from standardwebhooks import Webhook
 
 from relaybox import messages, otp
 from relaybox.db import open_database
@@ -163,6 +166,61 @@ def test_send_then_verify_succeeds_records_the_event_and_the_message_rides_the_o
     assert {k: payload[k] for k in ("otp_id", "to", "purpose")} == {
         "otp_id": d["otp_id"], "to": PK, "purpose": "login"}
     assert payload["verified_at"].endswith("Z") and code not in rows[0][0]
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1 that answers 200 and keeps every request."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        got = self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                got.append({"headers": dict(self.headers.items()), "body": body})
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_otp_verified_webhook_is_signed_and_never_carries_the_code(server_factory):
+    s = server_factory(sandbox=True, sandbox_delay_ms=1500, webhook_retry_schedule="[0, 0.3]")
+    rcv = Receiver()
+    try:
+        api = s.api()
+        assert api.put("/webhooks", json={"status_url": rcv.url}).status_code == 200
+        secret = api.get("/webhooks/secret").json()["data"]["secret"]
+        d = send(api, length=8).json()["data"]
+        code, _ = sent_code(s, d)
+        v = verify(api, otp_id=d["otp_id"], code=code)
+        assert v["result"] == "success"
+
+        def verified() -> list[dict[str, Any]]:
+            return [r for r in list(rcv.requests) if json.loads(r["body"]).get("event") == "otp.verified"]
+
+        wait_for(verified, message="otp.verified webhook")
+        body = Webhook(secret).verify(verified()[0]["body"], verified()[0]["headers"])
+        assert {k: body[k] for k in ("event", "otp_id", "to", "purpose", "verified_at")} == {
+            "event": "otp.verified", "otp_id": d["otp_id"], "to": PK, "purpose": "login",
+            "verified_at": v["verified_at"][:19] + "Z"}
+        wait_for(lambda: any(json.loads(r["body"]).get("status") == "delivered" for r in list(rcv.requests)),
+                 message="the OTP message's delivered webhook")
+        assert all(code.encode() not in r["body"] for r in rcv.requests)
+    finally:
+        rcv.stop()
 
 
 def test_wrong_code_then_right_code(srv):
