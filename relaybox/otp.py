@@ -41,7 +41,7 @@ import peewee as pw
 
 from relaybox import events, messages
 from relaybox.config import Config
-from relaybox.db import BaseModel, db, write_tx
+from relaybox.db import BaseModel, db, is_sqlite, write_tx
 from relaybox.errors import ApiError
 from relaybox.messages import NotSendable
 from relaybox.models import PRIORITIES, Account, Message
@@ -230,6 +230,10 @@ def _seconds(ms: int) -> int:
 
 def send_limits(cfg: Config, account_id: str, to: str, purpose: str, now: int) -> LimitState:
     """Check the send limits and the lock-out (call inside the send transaction)."""
+    if not is_sqlite():
+        # SQLite's write transaction already serialises sends; on PostgreSQL two sends to one
+        # pair must not both count the same window (the lock ends with the transaction).
+        db.execute_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"otp:{account_id}:{to}:{purpose}",))
     refusals: list[tuple[int, str, str]] = []  # (retry ms, policy, reason)
     guard = _guard(account_id, to, purpose)
     if guard is not None and guard.locked_until and guard.locked_until > now:

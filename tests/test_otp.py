@@ -302,6 +302,27 @@ def test_max_attempts(srv):
     assert g["status"] == "failed" and g["attempts"] == 5
 
 
+def test_concurrent_wrong_codes_never_use_more_than_the_attempts(srv):
+    api = srv.api()
+    d = send(api).json()["data"]
+    code, _ = sent_code(srv, d)
+    wrong = "000000" if code != "000000" else "111111"
+    results: list[dict[str, Any]] = []
+
+    def one() -> None:
+        s = srv.api()
+        results.append(s.post("/otp/verify", json={"otp_id": d["otp_id"], "code": wrong}).json()["data"])
+
+    threads = [threading.Thread(target=one) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    reasons = sorted(r["reason"] for r in results)
+    assert reasons == ["max_attempts_reached"] * 15 + ["wrong_code"] * 5, reasons
+    assert api.get(f"/otp/{d['otp_id']}").json()["data"]["attempts"] == 5
+
+
 def test_max_attempts_is_configurable(server_factory):
     s = server_factory(sandbox=True, sandbox_delay_ms=1500, otp_max_attempts=2)
     api = s.api()
