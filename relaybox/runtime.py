@@ -5,6 +5,7 @@ runs at import time.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -109,11 +110,13 @@ class Runtime:
         """Instance-wide pause flag (admin: ``relaybox queue pause``). A ``Setting`` row, so every
         process sharing the database sees it and it survives a restart; a ``paused`` file in
         the data dir also pauses this box."""
-        from relaybox.models import Setting
+        from relaybox.db import db
 
-        row = Setting.get_or_none(Setting.key == "queue_paused")
-        return bool(row is not None and row.value) or os.path.exists(
-            os.path.join(self.config.data_dir, "paused"))
+        # Asked on every send: a plain statement, not the query builder.
+        row = db.execute_sql(f'SELECT "value" FROM "setting" WHERE "key" = {db.obj.param}',
+                             ("queue_paused",)).fetchone()
+        paused = row is not None and row[0] is not None and bool(json.loads(row[0]))
+        return paused or os.path.exists(os.path.join(self.config.data_dir, "paused"))
 
     def usable(self, channel: Channel) -> bool:
         """Enabled, online and not refused by a channel filter (e.g. its daily cap)."""
