@@ -14,6 +14,7 @@ FEATURES: list[str] = [
     "relaybox.api.otp",
     "relaybox.api.webhooks",
     "relaybox.api.account",
+    "relaybox.routing",
     "relaybox.ops",
     "relaybox.admin",
 ]
