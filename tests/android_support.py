@@ -21,6 +21,9 @@ def phone_server(server_factory: Callable[..., Any], **settings: Any) -> Any:
     """A relaybox with a 1 s SSE keep-alive and phones offline 5 s after they were last seen."""
     settings.setdefault("sse_keepalive_seconds", 1)
     settings.setdefault("device_offline_after", 5)
+    # These tests are about the protocol, not pacing (tests/test_routing.py): phones unpaced.
+    settings.setdefault("pacing", '{"android": {"min_delay": 0, "max_delay": 0, "per_minute": 0, '
+                                  '"per_hour": 0, "per_day": 0}}')
     return server_factory(**settings)
 
 
