@@ -117,7 +117,19 @@ def _ussd_via_api(config: Any, args: argparse.Namespace, name: str) -> int:
     if not body.get("ok"):
         print(f"relaybox: {body.get('error', {}).get('message', r.status_code)}", file=sys.stderr)
         return EXIT_FAILED
-    print(body["data"]["reply"])
+    return _print_ussd(body["data"].get("status"), body["data"].get("reply") or "")
+
+
+# +CUSD <m> values (3GPP TS 27.007) that mean no answer came back.
+_USSD_REFUSED = {2: "released by the network", 4: "operation not supported", 5: "network timed out"}
+
+
+def _print_ussd(status: int | None, text: str) -> int:
+    """Print the reply; a refusal with no text is an error, not an empty line and exit 0."""
+    if not text and status in _USSD_REFUSED:
+        print(f"relaybox: no USSD answer: {_USSD_REFUSED[status]} (+CUSD status {status})", file=sys.stderr)
+        return EXIT_FAILED
+    print(text)
     return 0
 
 
@@ -173,7 +185,6 @@ def _ussd_direct(config: Any, args: argparse.Namespace, name: str) -> int:
         except ModemUnavailable as exc:
             print(f"relaybox: {exc}", file=sys.stderr)
             return EXIT_FAILED
-        print(result.text)
-        return 0
+        return _print_ussd(result.status, result.text)
     finally:
         driver.stop()

@@ -525,7 +525,7 @@ class ModemDriver:
             "queued": queued,
             "resets": self._resets,
             "last_error": self._last_error,
-            "updated_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "updated_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         }
 
     # -- thread plumbing -----------------------------------------------------------------------
