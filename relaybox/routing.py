@@ -37,6 +37,8 @@ from relaybox.windows import SendingWindow, Windows, state, valid_timezone, wind
 bp = APIBlueprint("routing", __name__, url_prefix="/api/v1", abp_tags=[Tag(name="Routing")],
                   abp_security=SECURITY)
 STICKY = "sticky_sender"
+# Timeline rows a channel writes itself (not the ones written when a message is queued for it).
+ACTIVITY = ("dispatched", "sent", "delivered", "failed", "undelivered", "cancelled")
 
 
 def _rt() -> Any:
@@ -288,8 +290,10 @@ class Routing:
                 q = q.where((Message.priority <= URGENT_MAX) | go)
             if not q.limit(1).exists():
                 continue
+            # Anything the channel did (took a message, or reported on one it holds) shows it
+            # is working through what it has; nothing at all for the whole time shows it is not.
             last = (MessageEvent.select(pw.fn.MAX(MessageEvent.at))
-                    .where((MessageEvent.channel_id == ch.id) & (MessageEvent.status == "dispatched")
+                    .where((MessageEvent.channel_id == ch.id) & (MessageEvent.status << list(ACTIVITY))
                            & (MessageEvent.at >= now - timeout)).scalar())
             if last is None:
                 self.parking.park(ch.id, f"took none of its messages for {timeout // 1000} s", now)
@@ -307,6 +311,7 @@ def init_app(app: Any) -> None:
     router = rt.router
     router.pacer = routing.pacer
     router.windows = routing.windows
+    router.parking = routing.parking
     routing.pacer.go_filter = router.go_filter
     routing.scheduler.on_released = routing.pacer.request_routing
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from android_support import Phones, query
+from android_support import Phones, RawSSE, new_code, query, register_raw
 from conftest import RelayboxServer, wait_for
 
 from relaybox.channels.modem.simulator import ModemSimulator
@@ -410,7 +410,8 @@ def test_cancel_at_each_state(server_factory, phones):
 # -- failover and parking ----------------------------------------------------------------------------------
 def test_failover_from_a_failing_modem_to_a_phone_with_exactly_one_sent(server_factory, sims, phones):
     modem = sims()
-    srv = start(server_factory, [modem], modem_extra={"send_retries": 1, "retry_backoff": 0.5})
+    srv = start(server_factory, [modem], modem_extra={"send_retries": 1, "retry_backoff": 0.5},
+                park_after_failures=0)
     dev = phones.add(srv, delay_ms=5)
     wait_usable(srv, 2)
     srv.api().patch(f"/devices/{dev.device_id}", json={"enabled": False})
@@ -428,6 +429,13 @@ def test_failover_from_a_failing_modem_to_a_phone_with_exactly_one_sent(server_f
     assert rows[3]["detail"] == {"failover_from": "modem_m0"}
     assert [r["status"] for r in rows].count("sent") == 1
     assert modem.sent == [] and dev.reported_states(m["id"], resends=False).count("Sent") <= 1
+    # With nowhere else to go, a message is tried max_attempts (3) times, then fails for good.
+    srv.api().patch(f"/devices/{dev.device_id}", json={"enabled": False})
+    modem.fail_sends("+CMS ERROR: 512", count=20)
+    m = send(srv, body="nowhere to go")
+    got = wait_status(srv, m["id"], "failed", timeout=15)
+    assert got["attempts"] == 3 and got["error_code"] == "MODEM_ERROR" and modem.sent == []
+    assert [r["status"] for r in timeline(srv, m["id"])].count("dispatched") == 3
 
 
 def test_a_phone_radio_off_fails_over_and_a_generic_failure_never(server_factory, phones):
@@ -451,6 +459,26 @@ def test_a_phone_radio_off_fails_over_and_a_generic_failure_never(server_factory
     m = send(srv, body="maybe sent")
     got = wait_status(srv, m["id"], "failed")
     assert got["attempts"] == 1 and got["error_code"] == "DEVICE_SEND_FAILED"
+
+
+def test_a_phone_that_never_takes_its_messages_loses_them_to_another(server_factory, phones):
+    srv = start(server_factory, handoff_timeout=2)
+    token = register_raw(srv, f"Code {new_code(srv)}").json()["token"]
+    stuck = RawSSE(srv, token)  # connected (online), but it never pulls a message
+    try:
+        good = phones.add(srv, delay_ms=5)
+        wait_usable(srv, 2)
+        ids = [send(srv, body=f"m{i}")["id"] for i in range(4)]
+        held = [mid for mid in ids if message(srv, mid)["device_id"] != good.device_id]
+        assert held, "the round-robin gave the stuck phone nothing"
+        for mid in ids:
+            got = wait_status(srv, mid, "delivered", timeout=15)
+            assert got["device_id"] == good.device_id and got["attempts"] == 1
+        stuck_id = next(cid for cid, c in routing(srv).items() if cid != good.device_id)
+        assert routing(srv)[stuck_id]["parked"] is True
+        assert "took none" in routing(srv)[stuck_id]["parked_reason"]
+    finally:
+        stuck.close()
 
 
 def test_a_failing_channel_is_parked_shown_and_recovers_by_itself(server_factory, sims):

@@ -64,6 +64,7 @@ class Router:
         # Installed by relaybox.routing (None: everything unpaced, no windows, no sticky).
         self.pacer: Any = None
         self.windows: Any = None
+        self.parking: Any = None
 
     # -- choosing ---------------------------------------------------------------------------------
     def channel_for_number(self, number: str) -> Channel | None:
@@ -95,7 +96,10 @@ class Router:
         return chosen.id
 
     def target(self, ch: Channel) -> int:
-        """How many unclaimed messages the channel should hold (see the module docstring)."""
+        """How many unclaimed messages the channel should hold (see the module docstring); a
+        parked channel being tried again holds the one message it is tried with."""
+        if self.parking is not None and self.parking.parked(ch.id) is not None:
+            return 1
         return self.pacer.buffer_target(ch) if self.pacer is not None else UNBOUNDED
 
     def usable_channels(self, exclude: set[str] | None = None) -> list[Channel]:
