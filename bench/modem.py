@@ -87,6 +87,8 @@ def config_for(sims: list[ModemSimulator]) -> str:
     path = Path(tempfile.mkdtemp(prefix="relaybox-bench-modem-")) / "config.toml"
     tables = [f'[[modem]]\nname = "m{i}"\nport = "{s.path}"\nhealth_interval = 5.0\nsweep_interval = 5.0\n'
               for i, s in enumerate(sims)]
+    # The modems' own speed is measured here, not relaybox's pacing (bench/routing.py does that).
+    tables.append("[pacing.modem]\nmin_delay = 0\nmax_delay = 0\nper_minute = 0\nper_hour = 0\nper_day = 0\n")
     path.write_text("\n".join(tables))
     return str(path)
 
