@@ -120,7 +120,9 @@ def wait_all_finished(db: Db, timeout: float = 60.0) -> Audit:
     last = None
     while time.monotonic() < deadline:
         last = audit(db, set())
-        if last.messages and not last.unfinished:
+        # by_status is one query (one snapshot); the separate queries of an audit may straddle
+        # a transition, so "finished" is judged on by_status alone.
+        if last.by_status and all(st in FINISHED for st in last.by_status) and not last.unfinished:
             return last
         time.sleep(0.25)
     raise AssertionError(f"messages still unfinished after {timeout}s: {last.summary() if last else '?'}")
