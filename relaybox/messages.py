@@ -228,6 +228,35 @@ def _apply(m: Message, new: str, at: int, *, error_code: str | None, error_messa
             "channel_id": channel_id or m.channel_id, "detail": detail}
 
 
+def _transition_in_tx(message_id: str, new: str, *, at: int | None = None, error_code: str | None = None,
+                      error_message: str | None = None, channel_id: str | None = None,
+                      expect_channel: str | None = None,
+                      detail: dict[str, Any] | None = None) -> events.Event | None:
+    """The body of :func:`transition`, inside the caller's write transaction."""
+    m = for_update(Message.select().where(Message.id == message_id)).first()
+    if m is None:
+        return None
+    proven = (m.status == "failed" and m.error_code in PROVABLE_FAILURES
+              and new in PROVEN_BY_REPORT)
+    if not proven and new not in ALLOWED.get(m.status, ()):
+        return None
+    if expect_channel is not None and m.channel_id != expect_channel:
+        return None
+    if proven:
+        m.error_code = m.error_message = None
+    last = (MessageEvent.select(pw.fn.MAX(MessageEvent.at))
+            .where(MessageEvent.message == message_id).scalar()) or 0
+    # Timeline timestamps never go back, even if a device's clock does.
+    at = max(at or now_ms(), last)
+    row = _apply(m, new, at, error_code=error_code, error_message=error_message,
+                 channel_id=channel_id, detail=detail)
+    m.save()
+    MessageEvent.insert(row).execute()
+    ev = events.record(m.account_id, "message.status", status_payload(m, new, at), m.id)
+    ev.message_priority = m.priority  # not stored: lets listeners skip what isn't theirs
+    return ev
+
+
 def transition(
     message_id: str,
     new: str,
@@ -241,29 +270,33 @@ def transition(
 ) -> bool:
     """Move one message to ``new`` if allowed; write timeline + event. True when it moved."""
     with write_tx():
-        m = for_update(Message.select().where(Message.id == message_id)).first()
-        if m is None:
-            return False
-        proven = (m.status == "failed" and m.error_code in PROVABLE_FAILURES
-                  and new in PROVEN_BY_REPORT)
-        if not proven and new not in ALLOWED.get(m.status, ()):
-            return False
-        if expect_channel is not None and m.channel_id != expect_channel:
-            return False
-        if proven:
-            m.error_code = m.error_message = None
-        last = (MessageEvent.select(pw.fn.MAX(MessageEvent.at))
-                .where(MessageEvent.message == message_id).scalar()) or 0
-        # Timeline timestamps never go back, even if a device's clock does.
-        at = max(at or now_ms(), last)
-        row = _apply(m, new, at, error_code=error_code, error_message=error_message,
-                     channel_id=channel_id, detail=detail)
-        m.save()
-        MessageEvent.insert(row).execute()
-        ev = events.record(m.account_id, "message.status", status_payload(m, new, at), m.id)
+        ev = _transition_in_tx(message_id, new, at=at, error_code=error_code, error_message=error_message,
+                               channel_id=channel_id, expect_channel=expect_channel, detail=detail)
+    if ev is None:
+        return False
     events.publish([ev])
     log.info("message %s %s%s", message_id, new, f" ({error_code})" if error_code else "")
     return True
+
+
+def transition_many(moves: list[tuple[str, str, dict[str, Any]]]) -> list[bool]:
+    """Several transitions ``(message_id, new, kwargs)`` in one write transaction.
+
+    For channels that learn about many messages at once (the sandbox's radio ticks, a batch of
+    reports): one commit instead of one per message, same rules as :func:`transition`.
+    """
+    evs: list[events.Event] = []
+    with write_tx():
+        for message_id, new, kwargs in moves:
+            ev = _transition_in_tx(message_id, new, **kwargs)
+            if ev is not None:
+                evs.append(ev)
+    events.publish(evs)
+    moved = {e.message_id for e in evs}
+    for message_id, new, _ in moves:
+        if message_id in moved:
+            log.info("message %s %s", message_id, new)
+    return [mid in moved for mid, _, _ in moves]
 
 
 def claim_for_channel(channel_id: str, limit: int = 100, order: str = "fifo") -> list[Message]:

@@ -515,8 +515,11 @@ def wipe_for_messages(message_ids: list[str]) -> int:
 
 def on_events(evs: list[Any]) -> None:
     """Event listener: wipe at once when an OTP message is sent or ends (the sweep is the backstop)."""
+    otp_lane = PRIORITIES["otp"]
     done = [e.message_id for e in evs
-            if e.type == "message.status" and e.message_id and e.payload.get("status") in MESSAGE_DONE]
+            if e.type == "message.status" and e.message_id and e.payload.get("status") in MESSAGE_DONE
+            # transition() tags its events with the message's priority: skip other lanes cheaply.
+            and getattr(e, "message_priority", otp_lane) == otp_lane]
     wipe_for_messages(done)
 
 

@@ -17,6 +17,7 @@ import phonenumbers
 
 from relaybox import messages
 from relaybox.channels.base import Channel
+from relaybox.db import write_tx
 from relaybox.models import Message
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -89,8 +90,7 @@ class SandboxChannel(Channel):
                 return total
             self.runtime.router.claimed(self.id, len(batch))
             total += len(batch)
-            for m in batch:
-                self._after(self.delay, m.id, "send")
+            self._after_many(self.delay, [(m.id, "send") for m in batch])
 
     def resume(self) -> None:
         """After a restart: finish what the sandbox had claimed (never claim twice)."""
@@ -99,39 +99,56 @@ class SandboxChannel(Channel):
             self._after(self.delay, m.id, "send" if m.status == "dispatched" else "report")
 
     def _after(self, delay: float, message_id: str, step: str) -> None:
+        self._after_many(delay, [(message_id, step)])
+
+    def _after_many(self, delay: float, items: list[tuple[str, str]]) -> None:
         if delay <= 0:
-            self._step(message_id, step)
+            self._steps(items)
             return
         with self._cv:
-            self._seq += 1
-            heapq.heappush(self._timers, (time.monotonic() + delay, self._seq, message_id, step))
+            due = time.monotonic() + delay
+            for message_id, step in items:
+                self._seq += 1
+                heapq.heappush(self._timers, (due, self._seq, message_id, step))
             self._cv.notify()
 
-    def _step(self, message_id: str, step: str) -> None:
-        m = Message.get_or_none(Message.id == message_id)
-        if m is None:
-            return
-        result = outcome_for(m.to_number)
-        if step == "send":
-            if result == "failed":
-                messages.transition(m.id, "failed", error_code="SANDBOX_FAILURE",
-                                    error_message="sandbox: recipient ending 0001 always fails",
-                                    expect_channel=self.id)
-                return
-            if result == "sent_only":
-                # Known before sending: no report will ever come, so "sent" is final.
-                Message.update(report_expected=False).where(Message.id == m.id).execute()
-            if messages.transition(m.id, "sent", expect_channel=self.id):
-                self.sent_count += 1
-                if result != "sent_only":
-                    self._after(self.delay, m.id, "report")
-        elif step == "report":
-            if result == "undelivered":
-                messages.transition(m.id, "undelivered", error_code="CARRIER_REJECTED",
-                                    error_message="sandbox: recipient ending 0002 is refused by the carrier",
-                                    expect_channel=self.id)
+    def _steps(self, items: list[tuple[str, str]]) -> None:
+        """Run radio steps for many messages in one transaction (one commit per radio tick,
+        not per message: the sandbox must not eat the database's write capacity)."""
+        rows = {m.id: m for m in Message.select(Message.id, Message.to_number)
+                .where(Message.id << [mid for mid, _ in items])}
+        moves: list[tuple[str, str, dict[str, Any]]] = []
+        no_report: list[str] = []
+        for mid, step in items:
+            m = rows.get(mid)
+            if m is None:
+                continue
+            result = outcome_for(m.to_number)
+            if step == "send" and result == "failed":
+                moves.append((mid, "failed", {"error_code": "SANDBOX_FAILURE", "expect_channel": self.id,
+                                              "error_message": "sandbox: recipient ending 0001 always fails"}))
+            elif step == "send":
+                if result == "sent_only":
+                    no_report.append(mid)  # known before sending: "sent" is final
+                moves.append((mid, "sent", {"expect_channel": self.id}))
+            elif result == "undelivered":
+                moves.append((mid, "undelivered", {
+                    "error_code": "CARRIER_REJECTED", "expect_channel": self.id,
+                    "error_message": "sandbox: recipient ending 0002 is refused by the carrier"}))
             elif result == "delivered":
-                messages.transition(m.id, "delivered", expect_channel=self.id)
+                moves.append((mid, "delivered", {"expect_channel": self.id}))
+        if no_report:
+            with write_tx():
+                Message.update(report_expected=False).where(Message.id << no_report).execute()
+        moved = messages.transition_many(moves) if moves else []
+        reports = []
+        for (mid, new, _), ok in zip(moves, moved):
+            if ok and new == "sent":
+                self.sent_count += 1
+                if outcome_for(rows[mid].to_number) != "sent_only":
+                    reports.append((mid, "report"))
+        if reports:
+            self._after_many(self.delay, reports)
 
     def _timer_loop(self) -> None:
         while not self._stop.is_set():
@@ -139,19 +156,22 @@ class SandboxChannel(Channel):
                 if not self._timers:
                     self._cv.wait(0.5)
                     continue
-                due, _, mid, step = self._timers[0]
-                wait = due - time.monotonic()
+                wait = self._timers[0][0] - time.monotonic()
                 if wait > 0:
                     self._cv.wait(min(wait, 0.5))
                     continue
-                heapq.heappop(self._timers)
+                due_items: list[tuple[str, str]] = []
+                now = time.monotonic()
+                while self._timers and self._timers[0][0] <= now and len(due_items) < 500:
+                    _, _, mid, step = heapq.heappop(self._timers)
+                    due_items.append((mid, step))
             try:
-                self._step(mid, step)
+                self._steps(due_items)
             except Exception:  # noqa: BLE001 - keep the radio alive; the row is the truth
-                # E.g. the database was locked or the disk full: try the same step again later
+                # E.g. the database was locked or the disk full: try the same steps again later
                 # (transitions are conditional, so a retry never moves a message twice).
-                log.exception("sandbox step %s for %s failed; retrying in 1 s", step, mid)
-                self._after(max(self.delay, 1.0), mid, step)
+                log.exception("sandbox steps for %d messages failed; retrying in 1 s", len(due_items))
+                self._after_many(max(self.delay, 1.0), due_items)
 
     def start(self) -> None:
         self._thread.start()
