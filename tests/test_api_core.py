@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -188,8 +187,7 @@ def test_auth_failures(sandbox):
     bearer = sandbox.api(key=None)
     bearer.headers["Authorization"] = f"Bearer {sandbox.key}"
     assert bearer.post("/sms/send", json=body).status_code == 202
-    with sqlite3.connect(sandbox.data_dir / "relaybox.db") as conn:
-        conn.execute("UPDATE account SET api_enabled = 0")
+    sandbox.sql("UPDATE account SET api_enabled = ?", (False,))
     assert_envelope_error(sandbox.api().post("/sms/send", json=body), 403, "FORBIDDEN")
     ready = sandbox.api().get("/ready")
     assert ready.status_code == 503 and ready.json()["data"]["ready"] is False
@@ -299,8 +297,7 @@ def test_ttl_expiry_moves_a_waiting_message_to_expired(server_factory):
     api = srv.api()
     mid = api.post("/sms/send", json={"to": PK, "body": "late", "ttl_seconds": 10}).json()["data"]["id"]
     assert status_of(api, mid) == "queued"
-    with sqlite3.connect(srv.data_dir / "relaybox.db") as conn:  # age it instead of sleeping 10 s
-        conn.execute("UPDATE message SET expires_at = expires_at - 20000 WHERE id = ?", (mid,))
+    srv.sql("UPDATE message SET expires_at = expires_at - 20000 WHERE id = ?", (mid,))  # age it, no sleep
     wait_for(lambda: status_of(api, mid) == "expired")
     log = api.get(f"/messages/{mid}/log").json()["data"]["timeline"]
     assert [t["status"] for t in log] == ["accepted", "queued", "expired"]

@@ -2,7 +2,6 @@
 terminal state and none is sent twice (the message row is the truth, queue tasks only nudges)."""
 from __future__ import annotations
 
-import sqlite3
 import time
 
 from conftest import wait_for
@@ -15,17 +14,14 @@ def test_sigkill_during_a_1000_message_batch_loses_nothing_and_sends_nothing_twi
     r = api.post("/sms/batch", json={"messages": items}, headers={"Idempotency-Key": "crash-batch"})
     assert r.status_code == 202, r.text
     batch_id = r.json()["data"]["batch_id"]
-    db = srv.data_dir / "relaybox.db"
 
     def sent_so_far() -> int:
-        with sqlite3.connect(db) as c:
-            return c.execute("SELECT COUNT(*) FROM message_event WHERE status = 'sent'").fetchone()[0]
+        return srv.sql("SELECT COUNT(*) FROM message_event WHERE status = 'sent'")[0][0]
 
     # Kill while the radio is half way: some sent, some delivered, some still waiting.
     wait_for(lambda: sent_so_far() >= 50, timeout=30, message="some messages sent")
     srv.kill()
-    with sqlite3.connect(db) as c:
-        before = dict(c.execute("SELECT status, COUNT(*) FROM message GROUP BY status").fetchall())
+    before = dict(srv.sql("SELECT status, COUNT(*) FROM message GROUP BY status"))
     assert sum(before.values()) == 1000
     assert before.get("delivered", 0) < 1000, f"kill came too late to prove anything: {before}"
 
@@ -36,19 +32,18 @@ def test_sigkill_during_a_1000_message_batch_loses_nothing_and_sends_nothing_twi
     wait_for(lambda: srv.api().get(f"/sms/batch/{batch_id}").json()["data"]["status"] == "completed",
              timeout=90, message="batch completed after restart")
 
-    with sqlite3.connect(db) as c:
-        assert c.execute("SELECT COUNT(*) FROM message").fetchone()[0] == 1000
-        statuses = dict(c.execute("SELECT status, COUNT(*) FROM message GROUP BY status").fetchall())
-        assert statuses == {"delivered": 1000}, statuses
-        dup_sends = c.execute("""SELECT message_id, COUNT(*) FROM message_event WHERE status = 'sent'
-                                 GROUP BY message_id HAVING COUNT(*) <> 1""").fetchall()
-        assert dup_sends == []
-        assert c.execute("SELECT COUNT(*) FROM message_event WHERE status = 'sent'").fetchone()[0] == 1000
-        terminal = c.execute("""SELECT message_id, COUNT(*) FROM message_event
-                                WHERE status IN ('delivered','failed','undelivered','expired','cancelled')
-                                GROUP BY message_id""").fetchall()
-        assert len(terminal) == 1000 and all(n == 1 for _, n in terminal)
-        assert c.execute("SELECT MAX(attempts), MIN(attempts) FROM message").fetchone() == (1, 1)
+    assert srv.sql("SELECT COUNT(*) FROM message")[0][0] == 1000
+    statuses = dict(srv.sql("SELECT status, COUNT(*) FROM message GROUP BY status"))
+    assert statuses == {"delivered": 1000}, statuses
+    dup_sends = srv.sql("""SELECT message_id, COUNT(*) FROM message_event WHERE status = 'sent'
+                           GROUP BY message_id HAVING COUNT(*) <> 1""")
+    assert dup_sends == []
+    assert srv.sql("SELECT COUNT(*) FROM message_event WHERE status = 'sent'")[0][0] == 1000
+    terminal = srv.sql("""SELECT message_id, COUNT(*) FROM message_event
+                          WHERE status IN ('delivered','failed','undelivered','expired','cancelled')
+                          GROUP BY message_id""")
+    assert len(terminal) == 1000 and all(n == 1 for _, n in terminal)
+    assert tuple(srv.sql("SELECT MAX(attempts), MIN(attempts) FROM message")[0]) == (1, 1)
     print(f"\nkilled with {before}; after restart all 1000 delivered, each sent once")
 
 
@@ -63,9 +58,8 @@ def test_sigkill_while_accepting_a_batch_is_all_or_nothing(server_factory):
     time.sleep(0.15)
     srv.kill()
     t.join(30)
-    with sqlite3.connect(srv.data_dir / "relaybox.db") as c:
-        n = c.execute("SELECT COUNT(*) FROM message").fetchone()[0]
-        batches = c.execute("SELECT COUNT(*), COALESCE(SUM(total), 0) FROM batch").fetchone()
+    n = srv.sql("SELECT COUNT(*) FROM message")[0][0]
+    batches = tuple(srv.sql("SELECT COUNT(*), COALESCE(SUM(total), 0) FROM batch")[0])
     assert n in (0, 1000), n
     assert batches == ((0, 0) if n == 0 else (1, 1000))
 
