@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sqlite3
 import subprocess
 import sys
 import time
@@ -134,11 +133,8 @@ def parts_to(sim: ModemSimulator, number: str) -> list[Any]:
 
 
 def db_rows(srv: RelayboxServer, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    con = sqlite3.connect(f"file:{srv.data_dir / 'relaybox.db'}?mode=ro", uri=True, timeout=10)
-    try:
-        return con.execute(sql, args).fetchall()
-    finally:
-        con.close()
+    """Rows from the server's database (SQLite or, in the scale-out run, PostgreSQL)."""
+    return [tuple(r) for r in srv.sql(sql, args)]
 
 
 # -- one modem, one server for the plain send/receive tests (each test its own recipients) -------------

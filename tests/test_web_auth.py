@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import subprocess
 import sys
 
@@ -183,8 +182,7 @@ def test_admin_cli_create_passwd_list_delete(shared):
     bad = cli("create", "no spaces allowed", stdin=PASSWORD + "\n")
     assert bad.returncode == 2
     # Only an argon2id hash is stored.
-    db = sqlite3.connect(sandbox.data_dir / "relaybox.db")
-    (stored,) = db.execute("SELECT password_hash FROM admin_user WHERE username='ops@example'").fetchone()
+    ((stored,),) = sandbox.sql("SELECT password_hash FROM admin_user WHERE username = ?", ("ops@example",))
     assert stored.startswith("$argon2id$") and PASSWORD not in stored
     s = login(sandbox, "ops@example")
     assert cli("passwd", "ops@example", stdin="a whole new password\n").returncode == 0
