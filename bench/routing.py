@@ -5,8 +5,9 @@ modems AT commands on real ptys. Every channel is paced at ``--cap`` messages pe
 delay of 0.8 × 60/cap s between two sends, so the per-minute cap is what binds). A 10,000-number
 ``bulk`` list is queued, then three phases run while it drains:
 
-1. throughput: hand-offs in ``--window`` seconds from the first, against the sum of the caps
-   (target ≥ 95 %: relaybox is not the bottleneck, the configured radio limit is);
+1. throughput: hand-offs per second once the caps bind (from 60 s after the first hand-off to
+   ``--window`` s), against the sum of the caps (target ≥ 95 %: relaybox is not the bottleneck,
+   the configured radio limit is);
 2. OTP lane: an ``otp`` message every 0.25 s, accept (``created_at``) → handed to a channel (its
    ``dispatched`` row), p50/p99 (target p99 ≤ 100 ms);
 3. ``send_at``: 150 ``high`` messages scheduled 2-12 s ahead; lateness of their release
@@ -14,7 +15,7 @@ delay of 0.8 × 60/cap s between two sends, so the per-minute cap is what binds)
 
 Times are the server's (same machine), read from its SQLite file after each phase.
 
-    python bench/routing.py [--cap 120] [--window 75]
+    python bench/routing.py [--cap 120] [--window 120]
 """
 from __future__ import annotations
 
@@ -74,7 +75,8 @@ def config(sims: list[ModemSimulator], cap: int) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cap", type=int, default=120, help="messages per minute per channel")
-    ap.add_argument("--window", type=int, default=75, help="seconds of throughput measured")
+    ap.add_argument("--window", type=int, default=120,
+                    help="seconds of the throughput phase (the last window-60 s are measured)")
     ap.add_argument("--otp-seconds", type=int, default=30)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="relaybox-bench-routing-sims-"))
@@ -134,15 +136,23 @@ def run(rb: Any, api: requests.Session, args: argparse.Namespace) -> dict[str, A
     time.sleep(args.window + 3)
     out["server_cpu_percent"] = round(100 * (cpu_seconds(rb.proc.pid) - cpu0) / (time.monotonic() - wall0), 1)
     first = rows(rb.data_dir, "SELECT MIN(at) FROM message_event WHERE status = 'dispatched'")[0][0]
-    end = first + args.window * 1000
-    handed = rows(rb.data_dir, "SELECT channel_id, COUNT(*) FROM message_event WHERE status = 'dispatched' "
-                  "AND at >= ? AND at < ? GROUP BY channel_id", first, end)
-    total = sum(n for _, n in handed)
-    allowed = 7 * args.cap * args.window / 60
-    out.update({"throughput_window_s": args.window, "handoffs_in_window": total,
-                "cap_allows_in_window": round(allowed), "throughput_per_s": round(total / args.window, 2),
+
+    def handed(start: int, end: int) -> dict[str, int]:
+        return dict(rows(rb.data_dir, "SELECT channel_id, COUNT(*) FROM message_event WHERE status = 'dispatched' "
+                         "AND at >= ? AND at < ? GROUP BY channel_id", start, end))
+
+    # The first minute starts from idle (a sliding cap lets the delay set the pace there); from
+    # then on the per-minute cap binds: the steady state is measured after it.
+    steady_s = args.window - 60
+    steady = handed(first + 60_000, first + args.window * 1000)
+    total = sum(steady.values())
+    allowed = 7 * args.cap * steady_s / 60
+    whole = sum(handed(first, first + args.window * 1000).values())
+    out.update({"throughput_window_s": steady_s, "handoffs_in_window": total,
+                "cap_allows_in_window": round(allowed), "throughput_per_s": round(total / steady_s, 2),
                 "sum_of_caps_per_s": round(7 * args.cap / 60, 2), "throughput_ratio": round(total / allowed, 4),
-                "handoffs_per_channel": dict(sorted(handed))})
+                "handoffs_per_channel": dict(sorted(steady.items())),
+                "handoffs_first_s": args.window, "handoffs_first_total": whole})
 
     # 2. the OTP lane while the bulk drains
     ids: list[str] = []
