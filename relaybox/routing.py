@@ -154,12 +154,20 @@ def _channel(channel_id: str) -> Any:
     return ch
 
 
+def _visible(account: Any, ch: Any) -> bool:
+    """The owner sees every channel; another account its own phones and modems (and the sandbox)."""
+    if account.is_owner or ch.kind == "sandbox":
+        return True
+    owner = getattr(ch, "account_id", None) or getattr(getattr(ch, "device", None), "account_id", None)
+    return owner == account.id
+
+
 @bp.get("/routing")
 def get_routing():
     """Every channel as the router sees it: usable, pacing and what it sent, parking."""
-    current_account()
+    account = current_account()
     routing = _routing()
-    chans = sorted(routing.rt.channels.values(), key=lambda c: c.id)
+    chans = sorted((ch for ch in routing.rt.channels.values() if _visible(account, ch)), key=lambda c: c.id)
     return envelope({"channels": [channel_view(routing, ch) for ch in chans],
                      "max_attempts": routing.rt.config.max_attempts,
                      "park_after_failures": routing.rt.config.park_after_failures})

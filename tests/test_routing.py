@@ -11,6 +11,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -212,6 +214,15 @@ def test_sticky_sender_keeps_a_recipient_on_its_channel(server_factory, phones):
     spread = [send(srv, to=TO, body=f"spread {i}")["id"] for i in range(4)]
     assert len({wait_status(srv, mid, "delivered")["device_id"] for mid in spread}) == 2
     assert {d.device_id for d in devs} >= {first}
+    # Routing settings are per account; channels and their pacing are the owner's.
+    cmd = [sys.executable, "-m", "relaybox.cli", "account", "create", "Other", "--enable-api", "--json",
+           "--data-dir", str(srv.data_dir), "--config", str(srv.config_path)]
+    made = subprocess.run(cmd, env=srv.env, capture_output=True, text=True, timeout=60, check=True)
+    other = srv.api(key=json.loads(made.stdout)["api_key"])
+    assert other.get("/account/settings").json()["data"]["sticky_sender"] is False
+    assert other.get("/routing").json()["data"]["channels"] == []
+    r = other.put(f"/routing/channels/{first}/pacing", json={"per_hour": 1})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "FORBIDDEN"
 
 
 # -- the priority lane ----------------------------------------------------------------------------------
