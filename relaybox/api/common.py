@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 from typing import Annotated, Any, Callable
 
 import peewee as pw
@@ -17,6 +18,7 @@ from relaybox.errors import ApiError, invalid
 from relaybox.models import Account, IdempotencyRecord
 from relaybox.timeutil import now_ms
 
+log = logging.getLogger("relaybox.api")
 SECURITY = [{"ApiKey": []}, {"Bearer": []}]
 SECURITY_SCHEMES = {
     "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
@@ -182,9 +184,18 @@ class Idempotency:
              .where(IdempotencyRecord.id == self.record.id).execute())
 
     def abandon(self) -> None:
-        if self.record is not None:
-            IdempotencyRecord.delete().where(
-                (IdempotencyRecord.id == self.record.id) & (IdempotencyRecord.state == "running")).execute()
+        """Free the key after a failed request. Best effort: when the database itself is what
+        failed (locked, disk full), the original error must reach the client, not this one; a
+        "running" row left behind is taken over after ABANDONED_AFTER_MS."""
+        if self.record is None:
+            return
+        try:
+            with write_tx():
+                IdempotencyRecord.delete().where(
+                    (IdempotencyRecord.id == self.record.id) & (IdempotencyRecord.state == "running")).execute()
+        except (pw.OperationalError, pw.InterfaceError):
+            log.warning("could not release Idempotency-Key after a failed request; it frees itself in %d s",
+                        ABANDONED_AFTER_MS // 1000)
 
 
 def idempotent(view: Callable[..., Any]) -> Callable[..., Any]:
