@@ -154,13 +154,16 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RelayboxS
                          first_reference=250).start()
     config = root / "config.toml"
     config.write_text(modem_table("a", sim, NUM_A))
-    srv = RelayboxServer(root, _env({"log_level": "INFO"}), config).start()
+    cleanups: list[Callable[[], None]] = []  # the scale-out run gives it a database of its own
+    srv = RelayboxServer(root, _env({"log_level": "INFO"}, cleanups), config).start()
     try:
         wait_modem(srv, "a", lambda m: m["online"], what="shared modem ready")
         yield srv, sim
     finally:
         srv.stop()
         sim.stop()
+        for drop in cleanups:
+            drop()
 
 
 # -- sending ---------------------------------------------------------------------------------------------
