@@ -66,4 +66,4 @@ def account_for_key(key: str) -> Account | None:
 
 
 def owner_account() -> Account | None:
-    return Account.select().where(Account.is_owner == True).first()  # noqa: E712
+    return Account.select().where(Account.is_owner == True).first()

@@ -55,8 +55,7 @@ def validation_error(exc: ValidationError) -> Response:
         msg = "must be a JSON object"
     else:
         msg = err["msg"]
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
+        msg = msg.removeprefix("Value error, ")
     return error_response(ApiError("INVALID_REQUEST", f"{field}: {msg}", field=field))
 
 

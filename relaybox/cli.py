@@ -41,12 +41,12 @@ def setup_logging(config: Config) -> None:
 
 def ensure_owner(config: Config, *, as_json: bool = False, quiet_if_exists: bool = True) -> dict[str, str] | None:
     """Create the owner account (API enabled) if there is none; return its key once."""
+    import os
+
+    import relaybox.models  # noqa: F401 - declare the core tables
     from relaybox.accounts import create_account, owner_account
     from relaybox.db import create_tables, open_database
     from relaybox.security import load_or_create_secret, set_instance_secret
-    import relaybox.models  # noqa: F401 - declare the core tables
-
-    import os
 
     os.makedirs(config.data_dir, exist_ok=True)
     set_instance_secret(load_or_create_secret(config.data_dir, config.secret))

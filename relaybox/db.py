@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import peewee
 from playhouse.db_url import connect
@@ -56,9 +57,8 @@ def write_tx() -> Iterator[Any]:
         with db.atomic() as tx:
             yield tx
         return
-    with _sqlite_write_lock:
-        with db.atomic("IMMEDIATE") as tx:
-            yield tx
+    with _sqlite_write_lock, db.atomic("IMMEDIATE") as tx:
+        yield tx
 
 
 def for_update(query: Any) -> Any:

@@ -7,7 +7,8 @@ loses the call but never the row.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from relaybox.db import fast_insert
 from relaybox.ids import new_id
@@ -47,8 +48,8 @@ def publish(events: list[Event]) -> None:
     """Tell listeners (after commit). A failing listener is logged, never raised to the caller."""
     if not events:
         return
-    for fn in list(_listeners):
+    for fn in _listeners:
         try:
             fn(events)
-        except Exception:  # noqa: BLE001 - a listener must not break the sender
+        except Exception:
             log.exception("event listener failed")

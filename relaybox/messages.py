@@ -8,14 +8,15 @@ returns False, so reports can be replayed safely.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import peewee as pw
 
 from relaybox import events
 from relaybox.db import fast_insert, for_update, write_tx
-from relaybox.models import Message, MessageEvent, PRIORITY_NAMES
+from relaybox.models import PRIORITY_NAMES, Message, MessageEvent
 from relaybox.timeutil import iso, now_ms
 
 log = logging.getLogger("relaybox.messages")

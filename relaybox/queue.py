@@ -41,7 +41,7 @@ def make_huey(config: Config) -> Huey:
 class _ThreadConsumer(Consumer):
     """Huey's consumer without signal handlers: the main thread (waitress) owns the signals."""
 
-    def _set_signal_handlers(self) -> None:  # noqa: D401 - huey hook
+    def _set_signal_handlers(self) -> None:
         return None
 
 
@@ -62,6 +62,6 @@ class QueueRunner:
     def stop(self, timeout: float = 5.0) -> None:
         try:
             self.consumer.stop(graceful=True)
-        except Exception:  # noqa: BLE001 - shutting down anyway
+        except Exception:
             log.exception("queue consumer stop failed")
         self.thread.join(timeout)

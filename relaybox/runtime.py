@@ -10,7 +10,8 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from huey.api import Huey
 
@@ -150,12 +151,12 @@ class Runtime:
         for hook in list(self.stop_hooks):
             try:
                 hook()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("stop hook %s failed", getattr(hook, "__name__", hook))
         for ch in list(self.channels.values()):
             try:
                 ch.stop()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("channel %s stop failed", ch.id)
         if self._queue_runner is not None:
             self._queue_runner.stop()
@@ -179,7 +180,7 @@ class Runtime:
         """Route what waits and wake every channel (cheap; safe to call often)."""
         try:
             self.router.route_pending()
-        except Exception:  # noqa: BLE001 - the next sweep retries
+        except Exception:
             log.exception("routing failed")
         for ch in list(self.channels.values()):
             ch.notify()
@@ -198,7 +199,7 @@ class Runtime:
         for fn in list(self.sweepers):
             try:
                 fn()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("sweeper %s failed", getattr(fn, "__name__", fn))
 
     def renudge(self, now: int, older_than_ms: int = 2000) -> None:
@@ -223,5 +224,5 @@ class Runtime:
                 if time.monotonic() - last_prune > 600:
                     self.prune()
                     last_prune = time.monotonic()
-            except Exception:  # noqa: BLE001 - e.g. database busy; try again next tick
+            except Exception:
                 log.exception("housekeeping pass failed")

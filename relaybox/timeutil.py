@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 _offset_ms = 0
 _CLOCK_FILE = os.environ.get("RELAYBOX_TEST_CLOCK_FILE") or None
@@ -47,7 +47,7 @@ def iso(ms: int | None, millis: bool = True) -> str | None:
     """RFC 3339 UTC with ``Z``; millisecond precision for timelines."""
     if ms is None:
         return None
-    dt = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
     if millis:
         return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")

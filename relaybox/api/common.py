@@ -5,7 +5,8 @@ import hashlib
 import hmac
 import json
 import logging
-from typing import Annotated, Any, Callable
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import peewee as pw
 import phonenumbers

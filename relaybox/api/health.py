@@ -7,8 +7,8 @@ from flask import current_app, g
 from flask_openapi3 import APIBlueprint, Tag
 
 from relaybox import __version__
-from relaybox.api.common import SECURITY, presented_key
 from relaybox.accounts import account_for_key
+from relaybox.api.common import SECURITY, presented_key
 from relaybox.db import db
 from relaybox.errors import ApiError, envelope
 

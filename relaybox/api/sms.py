@@ -3,17 +3,26 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, Iterator, Literal
+from typing import Annotated, Any, Literal
 
 import peewee as pw
-
 from flask import g
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator
 
 from relaybox import events
-from relaybox.api.common import E164, SECURITY, HttpUrl, PageQuery, StrictBody, current_account, idempotent, page_of
+from relaybox.api.common import (
+    E164,
+    SECURITY,
+    HttpUrl,
+    PageQuery,
+    StrictBody,
+    current_account,
+    idempotent,
+    page_of,
+)
 from relaybox.db import write_tx
 from relaybox.errors import ApiError, envelope, invalid
 from relaybox.ids import new_id
@@ -443,7 +452,7 @@ def get_batch(path: BatchPath):
     counts = {s: n for s, n in Message.select(Message.status, fn.COUNT(Message.id))
               .where(Message.batch == b.id).group_by(Message.status).tuples()}
     no_report = (Message.select().where((Message.batch == b.id) & (Message.status == "sent")
-                                        & (Message.report_expected == False)).count())  # noqa: E712
+                                        & (Message.report_expected == False)).count())
     waiting = sum(counts.get(s, 0) for s in ("accepted", "scheduled", "queued"))
     failed = sum(counts.get(s, 0) for s in ("failed", "undelivered", "expired", "cancelled"))
     completed = counts.get("delivered", 0) + no_report

@@ -167,7 +167,7 @@ class SandboxChannel(Channel):
                     due_items.append((mid, step))
             try:
                 self._steps(due_items)
-            except Exception:  # noqa: BLE001 - keep the radio alive; the row is the truth
+            except Exception:
                 # E.g. the database was locked or the disk full: try the same steps again later
                 # (transitions are conditional, so a retry never moves a message twice).
                 log.exception("sandbox steps for %d messages failed; retrying in 1 s", len(due_items))
