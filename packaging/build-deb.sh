@@ -53,7 +53,9 @@ if ls "$ROOT"/relaybox/translations/*/LC_MESSAGES/*.po >/dev/null 2>&1 && "$PYTH
     "$PYTHON" -m babel.messages.frontend compile -d "$ROOT/relaybox/translations" >/dev/null
 fi
 # `python -m build` (PyPA build, isolated); `pip wheel` is the same PEP 517 build without it.
-if "$PYTHON" -c "import build" 2>/dev/null; then
+# (`import build.__main__`: a stray build/ folder of setuptools in the checkout imports as a
+# namespace package named build, so `import build` alone proves nothing.)
+if (cd "$ROOT" && "$PYTHON" -c "import build.__main__") 2>/dev/null; then
     WHEEL_CMD=("$PYTHON" -m build --wheel --outdir "$WORK/wheel" .)
 else
     WHEEL_CMD=("$PYTHON" -m pip wheel --no-deps --wheel-dir "$WORK/wheel" .)
