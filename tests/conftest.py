@@ -260,3 +260,22 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., RelayboxServer]]:
 def sandbox(server_factory: Callable[..., RelayboxServer]) -> RelayboxServer:
     """A server with the sandbox channel on and short radio delays."""
     return server_factory(sandbox=True, sandbox_delay_ms=30)
+
+
+@pytest.fixture
+def sims(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start pty modem simulators (``relaybox.channels.modem.simulator``); stopped afterwards.
+    Each sits behind a /dev/serial/by-id style link in the test's temp dir."""
+    from relaybox.channels.modem.simulator import ModemSimulator
+
+    started: list[ModemSimulator] = []
+
+    def make(**options: Any) -> ModemSimulator:
+        link = str(tmp_path / f"usb-Relaybox_Sim_{len(started)}-if02-port0")
+        sim = ModemSimulator(link=link, name=f"sim{len(started)}", **options).start()
+        started.append(sim)
+        return sim
+
+    yield make
+    for sim in started:
+        sim.stop()

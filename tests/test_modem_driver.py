@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -101,21 +100,6 @@ class Recorder:
 
     def status_of(self, key: str) -> list[str]:
         return [status for k, status, _raw in self.statuses if k == key]
-
-
-@pytest.fixture
-def sims(tmp_path: Path) -> Iterator[Callable[..., ModemSimulator]]:
-    started: list[ModemSimulator] = []
-
-    def make(**options: Any) -> ModemSimulator:
-        link = str(tmp_path / f"usb-Relaybox_Sim_{len(started)}-if02-port0")
-        sim = ModemSimulator(link=link, name=f"sim{len(started)}", **options).start()
-        started.append(sim)
-        return sim
-
-    yield make
-    for sim in started:
-        sim.stop()
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -49,21 +48,6 @@ def modem_table(name: str, sim: ModemSimulator, number: str | None = None, **ext
         lines.append(f"{key} = {json.dumps(value)}")
     lines.append(f"timeouts = {FAST_TIMEOUTS}")
     return "\n".join(lines) + "\n\n"
-
-
-@pytest.fixture
-def sims(tmp_path: Path) -> Iterator[Callable[..., ModemSimulator]]:
-    started: list[ModemSimulator] = []
-
-    def make(**options: Any) -> ModemSimulator:
-        link = str(tmp_path / f"usb-Relaybox_Sim_{len(started)}-if02-port0")
-        sim = ModemSimulator(link=link, name=f"sim{len(started)}", **options).start()
-        started.append(sim)
-        return sim
-
-    yield make
-    for sim in started:
-        sim.stop()
 
 
 @pytest.fixture

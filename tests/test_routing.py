@@ -41,21 +41,6 @@ OFF = {"min_delay": 0, "max_delay": 0, "per_minute": 0, "per_hour": 0, "per_day"
 
 # -- fixtures and helpers -------------------------------------------------------------------------------
 @pytest.fixture
-def sims(tmp_path: Path) -> Iterator[Callable[..., ModemSimulator]]:
-    started: list[ModemSimulator] = []
-
-    def make(**options: Any) -> ModemSimulator:
-        link = str(tmp_path / f"usb-Routing_Sim_{len(started)}-if02-port0")
-        sim = ModemSimulator(link=link, name=f"sim{len(started)}", **options).start()
-        started.append(sim)
-        return sim
-
-    yield make
-    for sim in started:
-        sim.stop()
-
-
-@pytest.fixture
 def phones() -> Iterator[Phones]:
     p = Phones()
     yield p
