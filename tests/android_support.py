@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import requests
+from conftest import wait_for  # noqa: F401 - re-exported for the Android tests
 from playhouse.db_url import connect
 
 from relaybox.channels.android.simulator import SimulatedDevice
@@ -69,16 +70,6 @@ class Phones:
                 print(f"stopping {d.name} failed: {exc}")
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
-             message: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message} (last: {last!r})")
 
 
 def send(srv: Any, to: str = "+923001234567", body: str = "hello", **extra: Any) -> dict[str, Any]:
