@@ -13,6 +13,8 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from relaybox import __version__
@@ -106,6 +108,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                            trusted_proxy_headers={"x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"})
     runtime.base_url = f"http://{config.host}:{server.effective_port}"
     runtime.http_server = server  # phones' SSE streams each hold a thread; the hub grows the pool
+    import os as _os
+    if _os.environ.get("RB_SWI"):
+        sys.setswitchinterval(float(_os.environ["RB_SWI"]))
     runtime.start()
 
     def _term(signum: int, frame: Any) -> None:
@@ -147,7 +152,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def _hidden(names: list[str]) -> Iterator[None]:
+    """Make ``import name`` fail (ImportError) inside the block, for modules not imported yet."""
+    hidden = [n for n in names if n not in sys.modules]
+    for n in hidden:
+        sys.modules[n] = None  # type: ignore[assignment]  # the import system's "not available"
+    try:
+        yield
+    finally:
+        for n in hidden:
+            if sys.modules.get(n, 0) is None:
+                del sys.modules[n]
+
+
+def skip_unused_drivers(config: Config) -> None:
+    """peewee imports psycopg2 and huey imports redis whenever they are installed (~13 MB resident
+    together). A server whose config uses SQLite for both never needs them: peewee and huey are
+    imported here with those drivers hidden, so they see them as absent (``PostgresqlDatabase``
+    and ``RedisHuey`` then refuse to connect in this process, which the config never asks for).
+    The drivers stay importable afterwards (``relaybox.bus`` imports redis itself when used)."""
+    hide: list[str] = []
+    if config.database_url.startswith("sqlite"):
+        hide += ["psycopg2", "psycopg", "psycopg2cffi", "pymysql"]
+    if not config.queue.startswith(("redis://", "rediss://")):
+        hide += ["redis", "psycopg"]
+    if not hide or "peewee" in sys.modules or "huey" in sys.modules:
+        return
+    with _hidden(hide):
+        import huey.api  # noqa: F401
+        import peewee  # noqa: F401
+        import playhouse.db_url  # noqa: F401 - its PostgreSQL flavours import psycopg2 too
+
+
+def _skip_unused_drivers_for_serve(argv: list[str]) -> None:
+    """``relaybox serve`` is the long-running process: read its config before anything imports
+    peewee or huey (the subcommands' modules do) and skip the database/queue drivers it does not use."""
+    if not argv or argv[0] != "serve":
+        return
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    pre.add_argument("--data-dir", dest="data_dir")
+    try:
+        args, _ = pre.parse_known_args(argv[1:])
+        config = config_from_args(args)
+    except (ConfigError, SystemExit):
+        return  # the real parser and cmd_serve report it
+    skip_unused_drivers(config)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _skip_unused_drivers_for_serve(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
