@@ -108,9 +108,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
                            trusted_proxy_headers={"x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"})
     runtime.base_url = f"http://{config.host}:{server.effective_port}"
     runtime.http_server = server  # phones' SSE streams each hold a thread; the hub grows the pool
-    import os as _os
-    if _os.environ.get("RB_SWI"):
-        sys.setswitchinterval(float(_os.environ["RB_SWI"]))
     runtime.start()
 
     def _term(signum: int, frame: Any) -> None:
