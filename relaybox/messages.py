@@ -15,7 +15,7 @@ from typing import Any
 import peewee as pw
 
 from relaybox import events
-from relaybox.db import fast_insert, for_update, write_tx
+from relaybox.db import fast_insert, for_update, is_sqlite, write_tx
 from relaybox.models import PRIORITY_NAMES, Message, MessageEvent
 from relaybox.timeutil import iso, now_ms
 
@@ -229,33 +229,78 @@ def _apply(m: Message, new: str, at: int, *, error_code: str | None, error_messa
             "channel_id": channel_id or m.channel_id, "detail": detail}
 
 
-def _transition_in_tx(message_id: str, new: str, *, at: int | None = None, error_code: str | None = None,
-                      error_message: str | None = None, channel_id: str | None = None,
-                      expect_channel: str | None = None,
-                      detail: dict[str, Any] | None = None) -> events.Event | None:
+def _transition_in_tx(message_id: str, new: str, **kwargs: Any) -> events.Event | None:
     """The body of :func:`transition`, inside the caller's write transaction."""
-    m = for_update(Message.select().where(Message.id == message_id)).first()
-    if m is None:
-        return None
-    proven = (m.status == "failed" and m.error_code in PROVABLE_FAILURES
-              and new in PROVEN_BY_REPORT)
-    if not proven and new not in ALLOWED.get(m.status, ()):
-        return None
-    if expect_channel is not None and m.channel_id != expect_channel:
-        return None
-    if proven:
-        m.error_code = m.error_message = None
-    last = (MessageEvent.select(pw.fn.MAX(MessageEvent.at))
-            .where(MessageEvent.message == message_id).scalar()) or 0
-    # Timeline timestamps never go back, even if a device's clock does.
-    at = max(at or now_ms(), last)
-    row = _apply(m, new, at, error_code=error_code, error_message=error_message,
-                 channel_id=channel_id, detail=detail)
-    m.save()
-    MessageEvent.insert(row).execute()
-    ev = events.record(m.account_id, "message.status", status_payload(m, new, at), m.id)
-    ev.message_priority = m.priority  # not stored: lets listeners skip what isn't theirs
-    return ev
+    evs = _transitions_in_tx([(message_id, new, kwargs)])
+    return evs[0] if evs else None
+
+
+# The columns a transition may change (see _apply); written with one cached UPDATE.
+_MUTABLE = ("status", "sequence", "updated_at", "queued_at", "dispatched_at", "sent_at", "delivered_at",
+            "attempts", "error_code", "error_message", "channel_id")
+_update_sql: list[str] = []
+
+
+def _save_transitions(changed: list[Message]) -> None:
+    if not _update_sql:
+        from relaybox.db import db
+
+        p = db.obj.param
+        sets = ", ".join(f'"{getattr(Message, c).column_name}" = {p}' for c in _MUTABLE)
+        _update_sql.append(f'UPDATE "message" SET {sets} WHERE "id" = {p}')
+    fields = [getattr(Message, c) for c in _MUTABLE]
+    from relaybox.db import db
+
+    db.cursor().executemany(_update_sql[0], [
+        tuple(f.db_value(getattr(m, f.name)) for f in fields) + (m.id,) for m in changed])
+
+
+def _transitions_in_tx(moves: list[tuple[str, str, dict[str, Any]]]) -> list[events.Event]:
+    """Apply ``(message_id, new, kwargs)`` moves in order, set-based: one SELECT of the rows, one
+    of their last timeline times, one UPDATE statement, one INSERT of timeline rows and one of
+    events — whatever the number of moves (a channel reporting 500 messages is one tick).
+    Same rules as one :func:`transition` after another; returns the events of the moves made."""
+    ids = list(dict.fromkeys(mid for mid, _, _ in moves))
+    rows: dict[str, Message] = {}
+    last: dict[str, int] = {}
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        rows.update((m.id, m) for m in for_update(Message.select().where(Message.id << chunk)))
+        last.update(MessageEvent.select(MessageEvent.message, pw.fn.MAX(MessageEvent.at))
+                    .where(MessageEvent.message << chunk).group_by(MessageEvent.message).tuples())
+    changed: dict[str, Message] = {}
+    timeline: list[dict[str, Any]] = []
+    ev_rows: list[dict[str, Any]] = []
+    priorities: list[int] = []
+    for message_id, new, kw in moves:
+        m = rows.get(message_id)
+        if m is None:
+            continue
+        proven = (m.status == "failed" and m.error_code in PROVABLE_FAILURES and new in PROVEN_BY_REPORT)
+        if not proven and new not in ALLOWED.get(m.status, ()):
+            continue
+        expect = kw.get("expect_channel")
+        if expect is not None and m.channel_id != expect:
+            continue
+        if proven:
+            m.error_code = m.error_message = None
+        # Timeline timestamps never go back, even if a device's clock does.
+        at = max(kw.get("at") or now_ms(), last.get(message_id) or 0)
+        last[message_id] = at
+        timeline.append(_apply(m, new, at, error_code=kw.get("error_code"), error_message=kw.get("error_message"),
+                               channel_id=kw.get("channel_id"), detail=kw.get("detail")))
+        changed[message_id] = m
+        ev_rows.append({"account": m.account_id, "type": "message.status", "message_id": m.id,
+                        "payload": status_payload(m, new, at)})
+        priorities.append(m.priority)
+    if not changed:
+        return []
+    _save_transitions(list(changed.values()))
+    fast_insert(MessageEvent, timeline)
+    evs = events.record_many(ev_rows)
+    for ev, priority in zip(evs, priorities):
+        ev.message_priority = priority  # not stored: lets listeners skip what isn't theirs
+    return evs
 
 
 def transition(
@@ -286,18 +331,14 @@ def transition_many(moves: list[tuple[str, str, dict[str, Any]]]) -> list[bool]:
     For channels that learn about many messages at once (the sandbox's radio ticks, a batch of
     reports): one commit instead of one per message, same rules as :func:`transition`.
     """
-    evs: list[events.Event] = []
     with write_tx():
-        for message_id, new, kwargs in moves:
-            ev = _transition_in_tx(message_id, new, **kwargs)
-            if ev is not None:
-                evs.append(ev)
+        evs = _transitions_in_tx(moves)
     events.publish(evs)
-    moved = {e.message_id for e in evs}
-    for message_id, new, _ in moves:
-        if message_id in moved:
+    made = {(e.message_id, e.payload["status"]) for e in evs}
+    if log.isEnabledFor(logging.INFO):
+        for message_id, new in made:
             log.info("message %s %s", message_id, new)
-    return [mid in moved for mid, _, _ in moves]
+    return [(mid, new) in made for mid, new, _ in moves]
 
 
 def claim_for_channel(channel_id: str, limit: int = 100, order: str = "fifo") -> list[Message]:
@@ -308,7 +349,6 @@ def claim_for_channel(channel_id: str, limit: int = 100, order: str = "fifo") ->
     """
     now = now_ms()
     claimed: list[Message] = []
-    evs = []
     with write_tx():
         where = ((Message.status == "queued") & (Message.channel_id == channel_id)
                  & ((Message.send_at.is_null()) | (Message.send_at <= now)))
@@ -323,22 +363,35 @@ def claim_for_channel(channel_id: str, limit: int = 100, order: str = "fifo") ->
             return []
         id_order = Message.id.desc() if order == "lifo" else Message.id
         candidates = list(Message.select().where(where).order_by(Message.priority, id_order).limit(limit))
+        if not candidates:
+            return []
+        ids = [m.id for m in candidates]
+        update = (Message.update(status="dispatched", attempts=Message.attempts + 1,
+                                 sequence=Message.sequence + 1, dispatched_at=now, updated_at=now,
+                                 error_code=None, error_message=None)
+                  .where(Message.id.in_(ids) & (Message.status == "queued") & (Message.channel_id == channel_id)))
+        if is_sqlite():
+            # BEGIN IMMEDIATE: no other writer since the SELECT above, every candidate moves.
+            update.execute()
+            won = set(ids)
+        else:
+            # PostgreSQL: another process may have claimed some meanwhile; keep what we won.
+            won = {mid for (mid,) in update.returning(Message.id).tuples().execute()}
+        timeline: list[dict[str, Any]] = []
+        ev_rows: list[dict[str, Any]] = []
         for m in candidates:
-            n = (Message.update(status="dispatched", attempts=Message.attempts + 1,
-                                sequence=Message.sequence + 1, dispatched_at=now, updated_at=now,
-                                error_code=None, error_message=None)
-                 .where((Message.id == m.id) & (Message.status == "queued")
-                        & (Message.channel_id == channel_id)).execute())
-            if n != 1:
+            if m.id not in won:
                 continue
             m.status, m.attempts, m.sequence = "dispatched", m.attempts + 1, m.sequence + 1
             m.dispatched_at = m.updated_at = now
             m.error_code = m.error_message = None
-            MessageEvent.insert(message=m.id, seq=m.sequence, status="dispatched", at=now,
-                                channel_id=channel_id).execute()
-            evs.append(events.record(m.account_id, "message.status",
-                                     status_payload(m, "dispatched", now), m.id))
+            timeline.append({"message": m.id, "seq": m.sequence, "status": "dispatched", "at": now,
+                             "channel_id": channel_id})
+            ev_rows.append({"account": m.account_id, "type": "message.status", "message_id": m.id,
+                            "payload": status_payload(m, "dispatched", now)})
             claimed.append(m)
+        fast_insert(MessageEvent, timeline)
+        evs = events.record_many(ev_rows)
     events.publish(evs)
     for m in claimed:
         log.info("message %s dispatched to %s (attempt %d)", m.id, channel_id, m.attempts)

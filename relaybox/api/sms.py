@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import peewee as pw
 from flask import g
@@ -23,7 +23,7 @@ from relaybox.api.common import (
     idempotent,
     page_of,
 )
-from relaybox.db import write_tx
+from relaybox.db import group_write, write_tx
 from relaybox.errors import ApiError, envelope, invalid
 from relaybox.ids import new_id
 from relaybox.messages import TERMINAL, NewMessage, accept, view
@@ -38,6 +38,7 @@ bp = APIBlueprint("sms", __name__, url_prefix="/api/v1", abp_tags=[Tag(name="Mes
 
 MAX_SEND_AHEAD_MS = 30 * 86_400_000
 Priority = Literal["otp", "high", "normal", "bulk"]
+T = TypeVar("T")
 
 
 def _runtime() -> Runtime:
@@ -179,6 +180,12 @@ def _finish(rt: Runtime, rows: list[Message], evs: list[Any]) -> None:
         fn(rows)
 
 
+def _queue_failed(exc: Exception) -> ApiError:
+    log.error("could not queue: %s", exc)
+    return ApiError("QUEUE_FAILED", "could not queue the message: the database is unavailable, "
+                    "retry with the same Idempotency-Key")
+
+
 @contextmanager
 def queue_tx() -> Iterator[None]:
     """The accept transaction; a database that cannot take the write is QUEUE_FAILED (503)."""
@@ -186,9 +193,16 @@ def queue_tx() -> Iterator[None]:
         with write_tx():
             yield
     except (pw.OperationalError, pw.InterfaceError) as exc:
-        log.error("could not queue: %s", exc)
-        raise ApiError("QUEUE_FAILED", "could not queue the message: the database is unavailable, "
-                       "retry with the same Idempotency-Key") from None
+        raise _queue_failed(exc) from None
+
+
+def queue_write(fn: Callable[[], T]) -> T:
+    """:func:`queue_tx` as a group commit (:func:`relaybox.db.group_write`): ``fn`` may run on
+    another request's thread, so it must not use Flask's ``g`` or ``request``."""
+    try:
+        return group_write(fn)
+    except (pw.OperationalError, pw.InterfaceError) as exc:
+        raise _queue_failed(exc) from None
 
 
 # -- endpoints --------------------------------------------------------------------------------
@@ -207,14 +221,20 @@ def send_sms(body: SendBody):
     channel = _assign(rt, body, pinned, bool(send_at and send_at > now))
     item = _new_message(account.id, body, body.to, body.body, channel=channel, send_at=send_at,
                         expires_at=expires_at, item=body, ref=body.client_reference_id)
-    with queue_tx():
+    idem = g.idem
+    names = rt.channel_names()
+
+    def write() -> tuple[Message, list[Any], dict[str, Any]]:
         for hook in rt.before_accept:
             hook(account, [item])
         (m,), evs = accept([item], now)
-        data = view(m, rt.channel_names())
+        data = view(m, names)
         data["queued_at"] = data["queued_at"] or data["created_at"]
         data["message"] = "Message queued for delivery. Poll GET /sms/{id} for status updates."
-        g.idem.store(202, data)
+        idem.store(202, data)
+        return m, evs, data
+
+    m, evs, data = queue_write(write)
     _finish(rt, [m], evs)
     return envelope(data, 202)
 

@@ -168,7 +168,7 @@ class Router:
             urgent = it.priority <= URGENT_MAX
             want = it.channel_id
             stick = sticky.get(it.to)
-            if not urgent and it.priority not in behind:
+            if not urgent and not held and it.priority not in behind:
                 behind[it.priority] = self._backlog(it.priority)
             if not urgent and held:
                 want = None
@@ -187,13 +187,22 @@ class Router:
                 behind[it.priority] = True
 
     def _backlog(self, priority: int) -> bool:
-        """Do messages of this class or a higher one wait for a channel (and may go now)?"""
-        q = Message.select(Message.id).where((Message.status == "queued") & Message.channel_id.is_null()
-                                             & (Message.priority > URGENT_MAX) & (Message.priority <= priority))
-        go = self.go_filter()
-        if go is not None:
-            q = q.where(go)
-        return q.limit(1).exists()
+        """Do messages of this class or a higher one wait for a channel (and may go now)?
+
+        Asked on every normal/bulk send, so it is one plain statement (the query builder cost
+        several times the query). The instance-wide pause is not checked here: a paused box
+        holds every normal/bulk message anyway (see :meth:`_holds`)."""
+        from relaybox.db import db
+
+        closed = sorted(self.windows.closed(now_ms())) if self.windows is not None else []
+        p = db.obj.param
+        sql = ('SELECT 1 FROM "message" WHERE "status" = ' + p + ' AND "channel_id" IS NULL'
+               f' AND "priority" > {p} AND "priority" <= {p}'
+               f' AND "account_id" NOT IN (SELECT "id" FROM "account" WHERE "paused" = {p})')
+        if closed:
+            sql += f' AND "account_id" NOT IN ({", ".join([p] * len(closed))})'
+        params = ("queued", URGENT_MAX, priority, True, *closed)
+        return db.execute_sql(sql + " LIMIT 1", params).fetchone() is not None
 
     def _holds(self, account: Any, now: int) -> bool:
         """Must this account's normal/bulk messages wait (window closed, queue paused)?"""
