@@ -150,7 +150,36 @@ class JSONField(peewee.TextField):
         return None if value is None else json.loads(value)
 
 
-_insert_sql: dict[str, str] = {}
+_insert_plan: dict[str, tuple[str, list[tuple[str, Any, Any, tuple[type, ...]]]]] = {}
+# Field types whose db_value only coerces: a value already of the stored Python type goes as is.
+_PLAIN: tuple[tuple[type, tuple[type, ...]], ...] = (
+    (peewee.BooleanField, (bool,)),
+    (peewee.IntegerField, (int,)),  # BigIntegerField, SmallIntegerField too
+    (peewee.FloatField, (float, int)),
+    (peewee.CharField, (str,)),
+    (peewee.TextField, (str,)),
+)
+
+
+def _plan(model: type[peewee.Model]) -> tuple[str, list[tuple[str, Any, Any, tuple[type, ...]]]]:
+    key = model._meta.table_name
+    plan = _insert_plan.get(key)
+    if plan is None:
+        # Every column, so fields added later get their Python-side defaults (peewee puts no
+        # DEFAULT in the schema).
+        fields = [f for f in model._meta.sorted_fields if not isinstance(f, peewee.AutoField)]
+        cols = ", ".join(f'"{f.column_name}"' for f in fields)
+        marks = ", ".join([db.obj.param] * len(fields))
+        sql = f'INSERT INTO "{key}" ({cols}) VALUES ({marks})'
+        steps = []
+        for f in fields:
+            target = f.rel_field if isinstance(f, peewee.ForeignKeyField) else f
+            plain: tuple[type, ...] = ()
+            if not isinstance(target, JSONField):
+                plain = next((types for cls, types in _PLAIN if isinstance(target, cls)), ())
+            steps.append((f.name, f.default, f.db_value, plain))
+        plan = _insert_plan[key] = (sql, steps)
+    return plan
 
 
 def fast_insert(model: type[peewee.Model], rows: list[dict[str, Any]]) -> None:
@@ -158,28 +187,18 @@ def fast_insert(model: type[peewee.Model], rows: list[dict[str, Any]]) -> None:
 
     The accept path writes three rows per message; building each statement with peewee's
     query compiler cost more than the write itself. Values go through each field's
-    ``db_value`` so JSON and booleans are stored exactly as peewee would store them.
+    ``db_value`` (unless already of the type it would coerce to), so JSON and booleans are
+    stored exactly as peewee would store them.
     """
     if not rows:
         return
-    # Every column, so fields added later get their Python-side defaults (peewee puts no
-    # DEFAULT in the schema).
-    fields = [f for f in model._meta.sorted_fields if not isinstance(f, peewee.AutoField)]
-    key = model._meta.table_name
-    sql = _insert_sql.get(key)
-    if sql is None:
-        database = db.obj
-        cols = ", ".join(f'"{f.column_name}"' for f in fields)
-        marks = ", ".join([database.param] * len(fields))
-        sql = _insert_sql[key] = (f'INSERT INTO "{model._meta.table_name}" ({cols}) '
-                                  f"VALUES ({marks})")
-    defaults = {f.name: f.default for f in fields}
+    sql, steps = _plan(model)
     values = []
     for r in rows:
         row = []
-        for f in fields:
-            v = r[f.name] if f.name in r else defaults[f.name]
-            row.append(f.db_value(v() if callable(v) else v))
+        for name, default, db_value, plain in steps:
+            v = r[name] if name in r else (default() if callable(default) else default)
+            row.append(v if v is None or type(v) in plain else db_value(v))
         values.append(tuple(row))
     db.cursor().executemany(sql, values)
 

@@ -36,12 +36,24 @@ def record(account_id: str | None, type_: str, payload: dict[str, Any], message_
     )
 
 
-def record_many(rows: list[dict[str, Any]]) -> list[Event]:
+class Recorded:
+    """What listeners get for an event written by :func:`record_many`: the row's values without
+    a peewee model per event (listeners read ``type``, ``message_id`` and ``payload``)."""
+
+    __slots__ = ("id", "account_id", "type", "message_id", "payload", "created_at", "message_priority")
+
+    def __init__(self, id: str, account: str | None, type: str, message_id: str | None,  # noqa: A002
+                 payload: Any, created_at: int) -> None:
+        self.id, self.account_id, self.type, self.message_id = id, account, type, message_id
+        self.payload, self.created_at, self.message_priority = payload, created_at, None
+
+
+def record_many(rows: list[dict[str, Any]]) -> list[Any]:
     """Bulk form of :func:`record` for batches; each row has account, type, payload, message_id."""
     now = now_ms()
     dicts = [{"id": new_id("evt"), "created_at": now, **r} for r in rows]
     fast_insert(Event, dicts)
-    return [Event(**d) for d in dicts]
+    return [Recorded(**d) for d in dicts]
 
 
 def publish(events: list[Event]) -> None:

@@ -276,9 +276,11 @@ def send_batch(body: BatchBody):
         except ApiError as exc:
             bad.append({"index": i, "to": it.to, "error": exc.body()})
             continue
-        merged = BatchItem(to=it.to, body=it.body, client_reference_id=it.client_reference_id,
-                           metadata=it.metadata if it.metadata is not None else body.metadata,
-                           status_callback=it.status_callback or body.status_callback)
+        # Already validated: construct without validating the number and text a second time.
+        merged = BatchItem.model_construct(
+            to=it.to, body=it.body, client_reference_id=it.client_reference_id,
+            metadata=it.metadata if it.metadata is not None else body.metadata,
+            status_callback=it.status_callback or body.status_callback)
         items.append(_new_message(account.id, body, it.to, it.body, channel=_assign(rt, body, pinned, scheduled),
                                   send_at=send_at, expires_at=expires_at, item=merged,
                                   ref=it.client_reference_id, batch_id=batch_id, index=i))

@@ -7,6 +7,7 @@ normal :func:`claim_for_channel`, so the sandbox proves the same no-duplicate ru
 """
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
 import threading
@@ -28,6 +29,7 @@ log = logging.getLogger("relaybox.sandbox")
 SANDBOX_ID = "sandbox"
 
 
+@functools.lru_cache(maxsize=4096)
 def outcome_for(number: str) -> str:
     """``failed`` / ``undelivered`` / ``sent_only`` / ``delivered`` for a recipient."""
     try:
