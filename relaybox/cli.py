@@ -11,8 +11,10 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -85,6 +87,44 @@ def _print_key(config: Config, created: dict[str, str]) -> None:
     print(f"API key (shown once, save it now): {created['api_key']}")
 
 
+class _LifoCondition(threading.Condition):
+    """A Condition whose ``notify`` wakes the thread that started waiting last (stock: first)."""
+
+    def notify(self, n: int = 1) -> None:
+        if not self._is_owned():  # type: ignore[attr-defined]
+            raise RuntimeError("cannot notify on un-acquired lock")
+        waiters = self._waiters  # type: ignore[attr-defined]
+        while waiters and n > 0:
+            waiter = waiters[-1]
+            try:
+                waiter.release()
+            except RuntimeError:
+                pass
+            else:
+                n -= 1
+            try:
+                waiters.remove(waiter)
+            except ValueError:
+                pass
+
+
+def lifo_dispatcher(threads: int) -> Any:
+    """Waitress's thread pool, handing each request to the thread that went idle last.
+
+    Stock waitress wakes the thread idle the longest, so requests rotate through every thread of
+    the pool and each one warms up its own SQLite connection, malloc arena and stack (~0.3 MB a
+    thread): after a few dozen requests the whole pool is resident. Newest-first keeps the work on
+    as few threads as the concurrency needs; the pool size (and what it can serve at once) is
+    unchanged."""
+    from waitress.task import ThreadedTaskDispatcher
+
+    dispatcher = ThreadedTaskDispatcher()
+    if hasattr(dispatcher.queue_cv, "_waiters") and hasattr(dispatcher.queue_cv, "_is_owned"):
+        dispatcher.queue_cv = _LifoCondition(dispatcher.lock)
+    dispatcher.set_thread_count(threads)
+    return dispatcher
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     config = config_from_args(args, host=args.host, port=args.port)
     setup_logging(config)
@@ -102,7 +142,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # A reverse proxy on this box (packaging/nginx/relaybox.conf terminates TLS) is trusted for the
     # client's scheme, host and address, so URLs relaybox hands out (phones' webhook URL, pairing
     # page) say https://; waitress drops these headers from anyone else.
-    server = create_server(app, host=config.host, port=config.port, threads=config.threads,
+    # _dispatcher: waitress's own ThreadedTaskDispatcher, whose idle threads are woken newest first.
+    server = create_server(app, _dispatcher=lifo_dispatcher(config.threads),
+                           host=config.host, port=config.port, threads=config.threads,
                            channel_timeout=300, connection_limit=1000, ident="relaybox",
                            channel_request_lookahead=1, trusted_proxy="127.0.0.1", trusted_proxy_count=1,
                            trusted_proxy_headers={"x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"})
@@ -198,8 +240,27 @@ def _skip_unused_drivers_for_serve(argv: list[str]) -> None:
     skip_unused_drivers(config)
 
 
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives every thread that allocates while another one does its own malloc arena (up to
+    8 per core), and each arena keeps its own free pages: a server with dozens of threads (waitress,
+    one per phone stream, queue workers) holds megabytes in arenas it rarely needs, since the GIL
+    lets one thread run Python at a time. Two arenas (glibc's ``M_ARENA_MAX``) keep that bounded.
+    Called before any thread starts; an explicit ``MALLOC_ARENA_MAX`` in the environment wins."""
+    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).mallopt(-8, arenas)  # M_ARENA_MAX (malloc.h); not glibc: no such symbol
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
-    _skip_unused_drivers_for_serve(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        limit_malloc_arenas()
+    _skip_unused_drivers_for_serve(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
