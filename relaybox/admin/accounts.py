@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import current_app, flash, redirect, request, session, url_for
-from flask_babel import gettext as _
 
 from relaybox.accounts import create_account
 from relaybox.admin import state
 from relaybox.admin.devices import _report
+from relaybox.admin.i18n import gettext as _
 from relaybox.admin.internal import call, exists
 from relaybox.admin.web import bp, current_account, page
 from relaybox.db import write_tx

@@ -4,9 +4,9 @@ from __future__ import annotations
 from typing import Any
 
 from flask import current_app, redirect, request, url_for
-from flask_babel import gettext as _
 
 from relaybox.admin import users
+from relaybox.admin.i18n import gettext as _
 from relaybox.admin.web import (
     bp,
     current_user,

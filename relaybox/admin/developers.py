@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Response, current_app, json
-from flask_babel import gettext as _
 
 from relaybox.admin import apidoc, snippets
+from relaybox.admin.i18n import gettext as _
 from relaybox.admin.settings import key_hint
 from relaybox.admin.web import bp, current_account, page
 from relaybox.errors import CATALOGUE

@@ -10,10 +10,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import flash, redirect, request, session, url_for
-from flask_babel import gettext as _
 
 from relaybox.admin import state
 from relaybox.admin.apidoc import public_base
+from relaybox.admin.i18n import gettext as _
 from relaybox.admin.internal import call, exists
 from relaybox.admin.web import bp, current_account, page
 from relaybox.timeutil import now_ms

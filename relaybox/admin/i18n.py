@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
-from babel import Locale
-from babel.messages.mofile import write_mo
-from babel.messages.pofile import read_po
-from flask import request, session
-from flask_babel import Babel
+from flask import current_app, request, session
 
 log = logging.getLogger("relaybox.admin.i18n")
 
@@ -58,6 +55,9 @@ def _fresh(po_path: str, mo_path: str) -> bool:
 
 
 def _compile(po_path: str, mo_path: str) -> None:
+    from babel.messages.mofile import write_mo
+    from babel.messages.pofile import read_po
+
     with open(po_path, "rb") as fh:
         catalog = read_po(fh)
     os.makedirs(os.path.dirname(mo_path), exist_ok=True)
@@ -81,11 +81,47 @@ def select_locale() -> str:
 
 def direction(lang: str) -> str:
     """``rtl`` for Urdu, from CLDR (Babel), not from a hand-kept list."""
+    from babel import Locale
+
     return "rtl" if Locale.parse(lang).character_order == "right-to-left" else "ltr"
 
 
 def init_babel(app: Any, data_dir: str) -> None:
+    """Compile the catalogues and configure Flask-Babel; Flask-Babel itself (with Babel's CLDR
+    data and pytz) is set up on the first page that needs it (:func:`ensure_babel`): the API and
+    the phones never render a page, so a server nobody browses does not keep it resident."""
     directory = compile_catalogues(TRANSLATIONS_DIR, os.path.join(data_dir, "translations"))
     app.config["BABEL_TRANSLATION_DIRECTORIES"] = directory
     app.config["BABEL_DEFAULT_LOCALE"] = DEFAULT
-    Babel(app, locale_selector=select_locale)
+
+
+_babel_lock = threading.Lock()
+
+
+def ensure_babel(app: Any) -> None:
+    """``Babel(app)`` once, before the first translation or template (``Babel.init_app`` only
+    fills ``app.extensions`` and the Jinja environment, so it may run after the first request)."""
+    if app.extensions.get("relaybox_babel"):
+        return
+    with _babel_lock:
+        if app.extensions.get("relaybox_babel"):
+            return
+        from flask_babel import Babel
+
+        Babel(app, locale_selector=select_locale)
+        app.extensions["relaybox_babel"] = True
+
+
+def gettext(string: str, **variables: Any) -> str:
+    """Flask-Babel's ``gettext`` for the current request's language (the pages import it as ``_``)."""
+    ensure_babel(current_app)
+    from flask_babel import gettext as _gettext
+
+    return _gettext(string, **variables)
+
+
+def get_locale() -> Any:
+    ensure_babel(current_app)
+    from flask_babel import get_locale as _get_locale
+
+    return _get_locale()

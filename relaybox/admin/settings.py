@@ -6,11 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from flask import flash, redirect, request, url_for
-from flask_babel import gettext as _
 
 from relaybox.accounts import regenerate_key
 from relaybox.admin import state
 from relaybox.admin.devices import _report
+from relaybox.admin.i18n import gettext as _
 from relaybox.admin.internal import call, exists
 from relaybox.admin.web import bp, current_account, page
 from relaybox.models import Account, ApiKey

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask_babel import gettext as _
-
 from relaybox.admin import state
+from relaybox.admin.i18n import gettext as _
 from relaybox.admin.internal import call, exists
 from relaybox.admin.settings import key_hint
 from relaybox.admin.web import bp, current_account, page

@@ -8,24 +8,30 @@ from __future__ import annotations
 import functools
 import re
 import secrets
+from typing import Any
 
 import peewee as pw
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 
 from relaybox.db import BaseModel, write_tx
 from relaybox.security import digest
 from relaybox.timeutil import now_ms
 
-_hasher = PasswordHasher()
+
+@functools.cache
+def _hasher() -> Any:
+    """argon2-cffi's PasswordHasher, loaded on the first login or password change (the server
+    does not keep argon2 and cffi resident for a page nobody may open)."""
+    from argon2 import PasswordHasher
+
+    return PasswordHasher()
+
+
 # Verified against when the user does not exist, so a login for an unknown name costs the same.
-
-
 @functools.cache
 def _dummy_hash() -> str:
     """A hash to verify against for unknown users (same work either way). Made on first use:
     an argon2 hash costs 64 MiB and ~0.4 s, which every process start paid before."""
-    return _hasher.hash("relaybox-no-such-user")
+    return _hasher().hash("relaybox-no-such-user")
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 MIN_PASSWORD = 8
@@ -93,13 +99,13 @@ def create_user(username: str, password: str) -> AdminUser:
     with write_tx():
         if AdminUser.get_or_none(AdminUser.username == username) is not None:
             raise AdminUserError(f"admin user {username!r} already exists")
-        return AdminUser.create(username=username, password_hash=_hasher.hash(password), created_at=now_ms())
+        return AdminUser.create(username=username, password_hash=_hasher().hash(password), created_at=now_ms())
 
 
 def set_password(username: str, password: str) -> None:
     check_new_credentials(username, password)
     with write_tx():
-        n = (AdminUser.update(password_hash=_hasher.hash(password))
+        n = (AdminUser.update(password_hash=_hasher().hash(password))
              .where(AdminUser.username == username).execute())
         # A new password ends every session of that user.
         AdminSession.delete().where(AdminSession.user.in_(
@@ -115,18 +121,20 @@ def delete_user(username: str) -> bool:
 
 def authenticate(username: str, password: str) -> AdminUser | None:
     """The user when the password matches; same work whether or not the user exists."""
+    from argon2.exceptions import InvalidHashError, VerificationError
+
     user = AdminUser.get_or_none(AdminUser.username == username) if len(username) <= 64 else None
     stored = user.password_hash if user is not None else _dummy_hash()
     try:
-        _hasher.verify(stored, password[:MAX_PASSWORD])
+        _hasher().verify(stored, password[:MAX_PASSWORD])
     except (VerificationError, InvalidHashError):
         return None
     if user is None:
         return None
     with write_tx():
         fields = {"last_login_at": now_ms()}
-        if _hasher.check_needs_rehash(user.password_hash):
-            fields["password_hash"] = _hasher.hash(password)
+        if _hasher().check_needs_rehash(user.password_hash):
+            fields["password_hash"] = _hasher().hash(password)
         AdminUser.update(**fields).where(AdminUser.id == user.id).execute()
     return user
 

@@ -26,11 +26,10 @@ from flask import (
     url_for,
 )
 from flask.sessions import SecureCookieSessionInterface
-from flask_babel import gettext as _
-from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from relaybox.admin import users
-from relaybox.admin.i18n import LANGUAGES, direction
+from relaybox.admin.i18n import LANGUAGES, direction, ensure_babel, get_locale
+from relaybox.admin.i18n import gettext as _
 from relaybox.errors import ApiError, error_response
 from relaybox.models import Account
 
@@ -132,8 +131,7 @@ def page(template: str, status: int = 200, **context: Any) -> Response:
 
 
 def template_globals() -> dict[str, Any]:
-    from flask_babel import get_locale
-
+    ensure_babel(current_app)  # before the template's _() runs
     lang = str(get_locale() or "en")
     ctx: dict[str, Any] = {"lang": lang, "dir": direction(lang), "languages": LANGUAGES}
     if getattr(g, "admin", None) is not None:
@@ -158,25 +156,47 @@ def init_security(app: Any) -> None:
     from relaybox.security import digest
 
     app.secret_key = digest("flask-session", "admin")
-    app.config["WTF_CSRF_CHECK_DEFAULT"] = False  # checked below, for /admin only
+    # Flask-WTF's CSRF check and token, loaded on the first page or form (it brings WTForms and
+    # Flask-Babel along): the API and the phones never need them. CSRFProtect.init_app is not
+    # used because it registers a global before_request, which Flask forbids after the first
+    # request; the settings its check reads are set here, the check runs below for /admin only.
+    app.config["WTF_CSRF_ENABLED"] = True
+    app.config["WTF_CSRF_CHECK_DEFAULT"] = False
+    app.config["WTF_CSRF_METHODS"] = {"POST", "PUT", "PATCH", "DELETE"}
+    app.config["WTF_CSRF_FIELD_NAME"] = "csrf_token"
+    app.config["WTF_CSRF_HEADERS"] = ["X-CSRFToken", "X-CSRF-Token"]
+    app.config["WTF_CSRF_SSL_STRICT"] = True
     app.config["WTF_CSRF_TIME_LIMIT"] = SESSION_HOURS * 3600
-    csrf = CSRFProtect(app)
+    app.jinja_env.globals["csrf_token"] = csrf_token
 
     @app.before_request
-    def _csrf_for_admin() -> None:
+    def _csrf_for_admin() -> Response | None:
         if request.path.startswith("/admin") and request.method not in ("GET", "HEAD", "OPTIONS"):
-            csrf.protect()
+            from flask_wtf.csrf import CSRFError, CSRFProtect
 
-    @app.errorhandler(CSRFError)
-    def _csrf_error(exc: CSRFError) -> Response:
-        if wants_json() or not request.path.startswith("/admin"):
-            return error_response(ApiError("INVALID_REQUEST", f"csrf_token: {exc.description}",
-                                           field="csrf_token"))
-        return page("admin/error.html", 400, title=_("This form has expired"),
-                    message=_("The page was open too long or was opened in another session. "
-                              "Go back, reload the page and try again."))
+            try:
+                CSRFProtect().protect()
+            except CSRFError as exc:
+                return _csrf_error(exc)
+        return None
 
     app.extensions["relaybox_admin_logins"] = LoginLimits()
+
+
+def csrf_token() -> str:
+    """``{{ csrf_token() }}`` in the templates (Flask-WTF's ``generate_csrf``)."""
+    from flask_wtf.csrf import generate_csrf
+
+    return generate_csrf()
+
+
+def _csrf_error(exc: Any) -> Response:
+    if wants_json() or not request.path.startswith("/admin"):
+        return error_response(ApiError("INVALID_REQUEST", f"csrf_token: {exc.description}",
+                                       field="csrf_token"))
+    return page("admin/error.html", 400, title=_("This form has expired"),
+                message=_("The page was open too long or was opened in another session. "
+                          "Go back, reload the page and try again."))
 
 
 class LoginLimits:
