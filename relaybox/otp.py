@@ -41,7 +41,7 @@ import peewee as pw
 
 from relaybox import events, messages
 from relaybox.config import Config
-from relaybox.db import BaseModel, db, is_sqlite, write_tx
+from relaybox.db import BaseModel, db, group_write, is_sqlite, write_tx
 from relaybox.errors import ApiError
 from relaybox.messages import NotSendable
 from relaybox.models import PRIORITIES, Account, Message
@@ -460,7 +460,8 @@ def verify(cfg: Config, o: Otp, code: str, now: int) -> VerifyOutcome:
     if lock_row and lock_row[0] and lock_row[0] > now:
         return VerifyOutcome("failed", o, "max_attempts_reached", retry_after_s=_seconds(lock_row[0] - now))
     right = code_matches(o, code)
-    with write_tx():
+
+    def write() -> VerifyOutcome | None:
         if right:
             if _run("right", now, now, o.id, now).rowcount == 1:
                 _run("forgive", *pair)
@@ -481,6 +482,12 @@ def verify(cfg: Config, o: Otp, code: str, now: int) -> VerifyOutcome:
             if o.attempts >= o.max_attempts:
                 o.status = "failed"
             return VerifyOutcome("failed", o, "wrong_code", retry_after_s=_seconds(lock) if lock else None)
+        return None
+
+    # Concurrent verifies share one commit (group commit); each in its own savepoint.
+    done = group_write(write)
+    if done is not None:
+        return done
     # Lost a race with another request on the same OTP: answer from the row as it is now.
     fresh = find(o.account_id, o.id) or o
     return _closed_outcome(fresh, now) or VerifyOutcome("failed", fresh, "wrong_code")

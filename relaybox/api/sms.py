@@ -164,9 +164,13 @@ def check_can_send(account: Any) -> None:
     """Account-level gates shared by every sending endpoint (pause, subscription, ...)."""
     rt = _runtime()
     # pause_mode "hold" accepts while paused; the claim policy holds the messages until resume.
-    if rt.config.pause_mode == "reject" and (account.paused or rt.instance_paused()):
-        who = "for this account" if account.paused else "on this box by the admin"
-        raise ApiError("QUEUE_BLOCKED", f"sending is paused {who}; resume the queue to send")
+    if rt.config.pause_mode == "reject":
+        # Remembered on the request's account object, so the router's hold check in the same
+        # request does not ask the database again.
+        account._instance_paused = rt.instance_paused()
+        if account.paused or account._instance_paused:
+            who = "for this account" if account.paused else "on this box by the admin"
+            raise ApiError("QUEUE_BLOCKED", f"sending is paused {who}; resume the queue to send")
     for gate in rt.send_gates:
         gate(account)
 

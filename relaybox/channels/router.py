@@ -206,7 +206,10 @@ class Router:
 
     def _holds(self, account: Any, now: int) -> bool:
         """Must this account's normal/bulk messages wait (window closed, queue paused)?"""
-        if getattr(account, "paused", False) or self.runtime.instance_paused():
+        if getattr(account, "paused", False):
+            return True
+        paused = getattr(account, "_instance_paused", None)  # asked earlier in this request
+        if paused if paused is not None else self.runtime.instance_paused():
             return True
         return self.windows is not None and account.id in self.windows.closed(now)
 
@@ -285,10 +288,14 @@ class Router:
         now = now_ms()
         # A message waiting on a channel that went away, went offline or was parked before
         # claiming it is released (unless the caller pinned it to that channel).
-        stale = (Message.update(channel_id=None, updated_at=now)
-                 .where((Message.status == "queued") & Message.channel_id.is_null(False)
-                        & Message.device_hint.is_null() & Message.channel_id.not_in(list(online) or [""]))
-                 .execute())
+        gone = ((Message.status == "queued") & Message.channel_id.is_null(False)
+                & Message.device_hint.is_null() & Message.channel_id.not_in(list(online) or [""]))
+        stale = 0
+        # Read first: this runs after every accept that left a message unassigned, and a write
+        # transaction each time would queue behind (and hold up) the API's own writes.
+        if Message.select(Message.id).where(gone).limit(1).exists():
+            with write_tx():
+                stale = Message.update(channel_id=None, updated_at=now).where(gone).execute()
         if not online:
             return stale
         counts = dict(Message.select(Message.channel_id, pw.fn.COUNT(Message.id))

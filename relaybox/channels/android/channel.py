@@ -117,7 +117,8 @@ class AndroidChannel(Channel):
         every = min(SEEN_PERSIST_MS, self.area.offline_after_ms // 3)
         if not force and self.last_seen_ms - self._persisted_seen < every:
             return
-        Device.update(last_seen=self.last_seen_ms).where(Device.id == self.id).execute()
+        with write_tx():  # through the writers' lock: a bare write would meet SQLite's sleeping busy handler
+            Device.update(last_seen=self.last_seen_ms).where(Device.id == self.id).execute()
         self._persisted_seen = self.last_seen_ms
 
     def sim_for(self, from_number: str | None) -> int | None:

@@ -247,7 +247,8 @@ def update_device():
     if app_version(ua):
         changes[Device.app_version] = app_version(ua)
         changes[Device.user_agent] = ua
-    Device.update(changes).where(Device.id == device.id).execute()
+    with write_tx():
+        Device.update(changes).where(Device.id == device.id).execute()
     ch.refresh(Device.get_by_id(device.id))
     return no_content()
 
@@ -304,7 +305,8 @@ def events_stream():
     first_sync = device.synced_at is None
     stream = ar.hub.open(ch.id)
     if first_sync:
-        Device.update(synced_at=now_ms()).where(Device.id == ch.id).execute()
+        with write_tx():
+            Device.update(synced_at=now_ms()).where(Device.id == ch.id).execute()
         ch.device.synced_at = now_ms()
     log.info("device %s event stream open", ch.id)
 

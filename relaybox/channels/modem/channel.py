@@ -273,7 +273,8 @@ class ModemChannel(Channel):
     # -- driver callbacks (on the modem thread) ---------------------------------------------------
     def _on_sent(self, msg_key: str, refs: list[int]) -> None:
         if not self.settings.status_reports:
-            Message.update(report_expected=False).where(Message.id == msg_key).execute()
+            with write_tx():
+                Message.update(report_expected=False).where(Message.id == msg_key).execute()
         messages.transition(msg_key, "sent", expect_channel=self.id,
                             detail={"modem": self.settings.name, "refs": refs, "parts": len(refs)})
 
