@@ -151,6 +151,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     runtime.base_url = f"http://{config.host}:{server.effective_port}"
     runtime.http_server = server  # phones' SSE streams each hold a thread; the hub grows the pool
     runtime.start()
+    # From here the main thread only runs waitress's socket loop: its database connection (schema,
+    # recovery) would sit idle with its page cache for the life of the process.
+    from relaybox.db import db
+
+    db.close()
 
     def _term(signum: int, frame: Any) -> None:
         raise SystemExit(0)
@@ -168,7 +173,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(feature_commands: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; ``feature_commands=False`` leaves out the commands of
+    ``CLI_MODULES`` (``relaybox serve`` does not keep their modules resident)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="config.toml (optional; defaults run without one)")
     common.add_argument("--data-dir", dest="data_dir", help="where the database and queue live")
@@ -186,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON line with account_id and api_key")
     p.set_defaults(func=cmd_init)
 
-    for name in CLI_MODULES:
+    for name in CLI_MODULES if feature_commands else ():
         importlib.import_module(name).add_commands(sub, common)
     return parser
 
@@ -261,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["serve"]:
         limit_malloc_arenas()
     _skip_unused_drivers_for_serve(argv)
-    parser = build_parser()
+    parser = build_parser(feature_commands=argv[:1] != ["serve"])
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
