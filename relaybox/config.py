@@ -2,21 +2,22 @@
 
 Precedence is flag > environment > config file > default (CONTRACT.md). The core settings are
 top-level keys so that ``RELAYBOX_<KEY>`` maps one to one; tables such as ``[[modem]]`` only
-live in the file. Built on pydantic-settings so a bad value names the setting.
+live in the file. A pydantic model, so a bad value names the setting; the file and the environment
+are merged here the way pydantic-settings did (LIBRARIES.md §7 allows "plain tomllib + our own env
+merge"): pydantic-settings imports asyncio, ~3 MB resident in a server that never uses it.
 """
 from __future__ import annotations
 
+import json
 import os
 import tomllib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
+
+ENV_PREFIX = "RELAYBOX_"
 
 
 def default_data_dir() -> str:
@@ -103,10 +104,11 @@ class ConfigError(Exception):
     """A setting is wrong; the message names it. The CLI exits 2 with it."""
 
 
-class Config(BaseSettings):
-    """Every setting of config.example.toml, with its default."""
+class Config(BaseModel):
+    """Every setting of config.example.toml, with its default. Build it with :func:`load_config`
+    (file, ``RELAYBOX_*`` environment and flags)."""
 
-    model_config = SettingsConfigDict(env_prefix="RELAYBOX_", extra="forbid", case_sensitive=False)
+    model_config = ConfigDict(extra="forbid", validate_default=True)
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -198,17 +200,6 @@ class Config(BaseSettings):
     price_default: float | None = Field(None, ge=0, le=1000)
     modem: list[ModemConfig] = Field(default_factory=list)
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _FileSource(settings_cls))
-
     # -- derived paths -------------------------------------------------------------------
     @property
     def database_url(self) -> str:
@@ -219,35 +210,59 @@ class Config(BaseSettings):
         return os.path.join(self.data_dir, "queue.db")
 
 
-class _FileSource(PydanticBaseSettingsSource):
-    """Reads the TOML file named by ``load_config(path=...)`` (held in a class attribute)."""
+def _is_json_field(annotation: Any) -> bool:
+    """Tables and lists come from the environment as JSON (``RELAYBOX_PACING='{...}'``)."""
+    origin = typing.get_origin(annotation)
+    if origin in (dict, list, tuple, set):
+        return True
+    if origin is not None:  # Optional[...], unions, Annotated[...]
+        return any(_is_json_field(a) for a in typing.get_args(annotation))
+    return isinstance(annotation, type) and issubclass(annotation, (BaseModel, dict, list, tuple, set))
 
-    path: str | None = None
 
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
-        return None, field_name, False
+def environment(env: typing.Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The settings given as ``RELAYBOX_<KEY>`` (any case); others are ignored."""
+    given = {k.lower(): v for k, v in (os.environ if env is None else env).items()
+             if k.upper().startswith(ENV_PREFIX)}
+    out: dict[str, Any] = {}
+    for name, field in Config.model_fields.items():
+        key = (ENV_PREFIX + name).lower()
+        if key not in given:
+            continue
+        value: Any = given[key]
+        if _is_json_field(field.annotation):
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                raise ConfigError(f"setting {name!r}: {ENV_PREFIX}{name.upper()} is not valid JSON ({exc})") from None
+        out[name] = value
+    return out
 
-    def __call__(self) -> dict[str, Any]:
-        if not _FileSource.path:
-            return {}
-        with open(_FileSource.path, "rb") as fh:
-            return tomllib.load(fh)
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` wins; tables present in both are merged key by key (as pydantic-settings did)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def load_config(path: str | None = None, **overrides: Any) -> Config:
-    """Build the settings; raise ConfigError naming the bad setting."""
+    """Build the settings (flag > environment > file > default); raise ConfigError naming the bad setting."""
     path = path or os.environ.get("RELAYBOX_CONFIG") or None
     if path and not Path(path).is_file():
         raise ConfigError(f"config: file not found: {path}")
     flags = {k: v for k, v in overrides.items() if v is not None}
-    _FileSource.path = path
     try:
-        return Config(**flags)
+        data: dict[str, Any] = {}
+        if path:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        data = _merge(_merge(data, environment()), flags)
+        return Config(**data)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config: {path}: {exc}") from None
     except ValidationError as exc:
         err = exc.errors()[0]
         name = ".".join(str(p) for p in err["loc"])
         raise ConfigError(f"setting {name!r}: {err['msg']}") from None
-    finally:
-        _FileSource.path = None

@@ -30,3 +30,28 @@ def test_environment_beats_file_and_flag_beats_environment(tmp_path, monkeypatch
     assert load_config(str(f)).port == 7100
     assert load_config(str(f), port=7200).port == 7200
     assert load_config(str(f)).sandbox is True
+
+
+def test_environment_tables_are_json_and_merge_with_the_file(tmp_path, monkeypatch):
+    f = tmp_path / "c.toml"
+    f.write_text("[pacing.android]\nper_hour = 100\n")
+    monkeypatch.setenv("relaybox_pacing", '{"modem": {"per_minute": 5}}')  # any case
+    monkeypatch.setenv("RELAYBOX_WEBHOOK_RETRY_SCHEDULE", "[0, 5, 300]")
+    monkeypatch.setenv("RELAYBOX_NOT_A_SETTING", "x")  # ignored
+    cfg = load_config(str(f), data_dir=str(tmp_path))
+    assert cfg.pacing["android"].per_hour == 100 and cfg.pacing["modem"].per_minute == 5
+    assert cfg.webhook_retry_schedule == [0, 5, 300]
+
+
+def test_bad_environment_values_name_the_setting(tmp_path, monkeypatch):
+    import pytest
+
+    from relaybox.config import ConfigError
+
+    monkeypatch.setenv("RELAYBOX_PACING", "{not json")
+    with pytest.raises(ConfigError, match="'pacing'.*RELAYBOX_PACING"):
+        load_config(data_dir=str(tmp_path))
+    monkeypatch.delenv("RELAYBOX_PACING")
+    monkeypatch.setenv("RELAYBOX_SANDBOX", "maybe")
+    with pytest.raises(ConfigError, match="'sandbox'"):
+        load_config(data_dir=str(tmp_path))
