@@ -46,17 +46,6 @@ import peewee as pw
 
 from relaybox import events, messages
 from relaybox.channels.base import Channel
-from relaybox.channels.modem.driver import (
-    DISCONNECTED,
-    PARKED,
-    READY,
-    RECOVERING,
-    InboundSms,
-    ModemDriver,
-    ModemTimeouts,
-    SendResult,
-)
-from relaybox.channels.modem.driver import ModemConfig as DriverConfig
 from relaybox.channels.modem.models import Modem, ModemInbound, unseal_pin
 from relaybox.config import ModemConfig as ModemSettings
 from relaybox.db import write_tx
@@ -64,7 +53,12 @@ from relaybox.models import Message, MessageEvent
 from relaybox.timeutil import iso, now_ms
 
 if TYPE_CHECKING:  # pragma: no cover
+    from relaybox.channels.modem.driver import InboundSms, SendResult
+    from relaybox.channels.modem.driver import ModemConfig as DriverConfig
     from relaybox.runtime import Runtime
+
+# The driver (with pyserial, the AT layer and the PDU tracker) is imported when a modem is
+# configured (driver_config) and not before: a box without modems does not keep it resident.
 
 log = logging.getLogger("relaybox.modem.channel")
 
@@ -106,6 +100,9 @@ def _e164(number: str | None) -> str | None:
 
 def driver_config(settings: ModemSettings) -> DriverConfig:
     """Map a ``[[modem]]`` table (relaybox.config) onto the driver's own config class."""
+    from relaybox.channels.modem.driver import ModemConfig as DriverConfig
+    from relaybox.channels.modem.driver import ModemTimeouts
+
     timeouts = ModemTimeouts(**{k: v for k, v in settings.timeouts.model_dump().items() if v is not None})
     lo, hi = settings.reconnect_backoff
     return DriverConfig(
@@ -136,6 +133,8 @@ class ModemChannel(Channel):
         self.settings = settings
         self.name = settings.label or settings.name
         self.number = _e164(settings.number)
+        from relaybox.channels.modem.driver import ModemDriver
+
         self.driver = ModemDriver(
             driver_config(settings), on_sent=self._on_sent, on_send_failed=self._on_send_failed,
             on_status=self._on_status, on_inbound=self._on_inbound, on_health=self._on_health)
@@ -343,6 +342,13 @@ class ModemChannel(Channel):
         commit()
 
     def _on_health(self, status: dict[str, Any]) -> None:
+        from relaybox.channels.modem.driver import (
+            DISCONNECTED,
+            PARKED,
+            READY,
+            RECOVERING,
+        )
+
         state = status.get("state")
         online = state == READY
         if online:

@@ -23,7 +23,6 @@ from relaybox.channels.modem.channel import (
     modem_channels,
     view,
 )
-from relaybox.channels.modem.driver import ModemUnavailable
 from relaybox.channels.modem.models import Modem, seal_pin
 from relaybox.config import ModemConfig as ModemSettings
 from relaybox.db import write_tx
@@ -231,6 +230,8 @@ def run_ussd(path: ModemPath, body: UssdBody):
         st = ch.driver.status()
         raise ApiError("INVALID_DEVICE", f"modem {ch.settings.name} is {st['state']}"
                        + (f": {st['reason']}" if st.get("reason") else ""), field="modem_id")
+    from relaybox.channels.modem.driver import ModemUnavailable
+
     try:
         result = ch.driver.ussd(body.code)
     except ModemUnavailable as exc:
