@@ -213,7 +213,7 @@ def _hidden(names: list[str]) -> Iterator[None]:
 
 
 def skip_unused_drivers(config: Config) -> None:
-    """peewee imports psycopg2 and huey imports redis whenever they are installed (~13 MB resident
+    """peewee imports psycopg2 and huey imports redis whenever they are installed (~11 MB resident
     together). A server whose config uses SQLite for both never needs them: peewee and huey are
     imported here with those drivers hidden, so they see them as absent (``PostgresqlDatabase``
     and ``RedisHuey`` then refuse to connect in this process, which the config never asks for).
@@ -222,7 +222,7 @@ def skip_unused_drivers(config: Config) -> None:
     if config.database_url.startswith("sqlite"):
         hide += ["psycopg2", "psycopg", "psycopg2cffi", "pymysql"]
     if not config.queue.startswith(("redis://", "rediss://")):
-        hide += ["redis", "psycopg"]
+        hide += ["redis"]
     if not hide or "peewee" in sys.modules or "huey" in sys.modules:
         return
     with _hidden(hide):
