@@ -228,7 +228,8 @@ def skip_unused_drivers(config: Config) -> None:
     with _hidden(hide):
         import huey.api  # noqa: F401
         import peewee  # noqa: F401
-        import playhouse.db_url  # noqa: F401 - its PostgreSQL flavours import psycopg2 too
+
+        import relaybox.db  # noqa: F401 - and what it imports (playhouse.db_url's PostgreSQL flavours)
 
 
 def _skip_unused_drivers_for_serve(argv: list[str]) -> None:
