@@ -229,7 +229,7 @@ def skip_unused_drivers(config: Config) -> None:
         import huey.api  # noqa: F401
         import peewee  # noqa: F401
 
-        import relaybox.db  # noqa: F401 - and what it imports (playhouse.db_url's PostgreSQL flavours)
+        import relaybox.db  # noqa: F401
 
 
 def _skip_unused_drivers_for_serve(argv: list[str]) -> None:

@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import peewee
-from playhouse.db_url import connect
 
 db = peewee.DatabaseProxy()
 
@@ -34,6 +33,8 @@ def open_database(url: str) -> peewee.Database:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         database = peewee.SqliteDatabase(path, pragmas=SQLITE_PRAGMAS, timeout=10)
     else:
+        from playhouse.db_url import connect  # PostgreSQL only: not loaded by an SQLite box
+
         database = connect(url)
     db.initialize(database)
     return database
