@@ -130,3 +130,20 @@ def test_housekeeping_prunes_reports_of_finished_messages_and_old_inbound_ids(ap
     area.sweep()
     assert sorted(d.message_id for d in DeviceMessage.select()) == ["req_A"]
     assert [e.event_id for e in InboundEvent.select()] == ["new"]
+
+
+def test_cli_pair_warns_when_the_server_only_listens_on_loopback(tmp_path):
+    """With the default host (127.0.0.1) the printed URL names this box's LAN address, which
+    `relaybox serve` does not listen on: the command says so and how to fix it."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("RELAYBOX_")}
+    out = subprocess.run([sys.executable, "-m", "relaybox.cli", "device", "pair", "--no-qr", "--data-dir",
+                          str(tmp_path)], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "cannot reach" in out.stderr  # the LAN address it printed, or 127.0.0.1 on a box without one
+    lan = subprocess.run([sys.executable, "-m", "relaybox.cli", "device", "pair", "--no-qr", "--data-dir",
+                          str(tmp_path)], env={**env, "RELAYBOX_HOST": "0.0.0.0"}, capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert lan.returncode == 0 and "cannot reach" not in lan.stderr, lan.stderr

@@ -82,6 +82,12 @@ def cmd_pair(args: argparse.Namespace) -> int:
         print(qr_text(p.page_url))
     if "127.0.0.1" in api_url or "localhost" in api_url:
         print("Note: a phone cannot reach 127.0.0.1; pass --url or set public_url.", file=sys.stderr)
+    elif (api_url.startswith("http://") and not args.url and not config.public_url
+          and config.host in ("127.0.0.1", "localhost", "::1")):
+        # The LAN address above is this box's, but `relaybox serve` only listens on loopback.
+        print(f"Note: relaybox listens on {config.host} only, so the phone cannot reach {p.api_url} yet: "
+              "set host = \"0.0.0.0\" (a trusted LAN, the app's plain-HTTP build), or run "
+              "`relaybox tls init` and the nginx site in packaging/ for HTTPS on the LAN.", file=sys.stderr)
     if config.android_private_token:
         print("Note: android_private_token is set, so any phone that knows it may register "
               "(\"Private Token\" in the app's Cloud Server settings).")
