@@ -204,14 +204,15 @@ def check_clock(config: Config) -> list[Check]:
     return out
 
 
-def run_checks(config_loader: Callable[[], Config]) -> list[Check]:
+def run_checks(config_loader: Callable[[], Config], source: str | None = None) -> list[Check]:
     from relaybox.config import ConfigError
 
     try:
         config = config_loader()
     except ConfigError as exc:
         return [Check("config", FAIL, str(exc), "fix the setting named above (see config.example.toml)")]
-    checks = [Check("config", OK, f"loaded ({os.environ.get('RELAYBOX_CONFIG') or 'defaults/flags/env'})")]
+    where = source or os.environ.get("RELAYBOX_CONFIG") or "defaults/flags/env"
+    checks = [Check("config", OK, f"loaded ({where})")]
     for fn in (check_data_dir, check_database, check_queue, check_serial, check_clock):
         try:
             checks.extend(fn(config))

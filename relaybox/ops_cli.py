@@ -15,7 +15,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from relaybox.cli import config_from_args
     from relaybox.doctor import FAIL, as_dicts, render, run_checks
 
-    checks = run_checks(lambda: config_from_args(args))
+    checks = run_checks(lambda: config_from_args(args), getattr(args, "config", None))
     if args.json:
         print(json.dumps({"ok": not any(c.status == FAIL for c in checks), "checks": as_dicts(checks)}))
     else:

@@ -42,6 +42,14 @@ def test_doctor_passes_on_a_fresh_install(data_dir):
         assert f"] {name}:" in res.stdout
 
 
+def test_doctor_reads_and_names_the_config_file_given_with_config(data_dir, tmp_path):
+    conf = tmp_path / "relaybox.toml"
+    conf.write_text(f'data_dir = "{data_dir}"\n')
+    code, checks = _checks("--config", str(conf))
+    assert code == 0, checks
+    assert str(conf) in checks["config"]["detail"] and str(data_dir) in checks["data_dir"]["detail"]
+
+
 def test_doctor_says_to_run_init_when_nothing_is_there(tmp_path):
     code, checks = _checks("--data-dir", str(tmp_path / "nowhere"))
     assert code == 1
