@@ -138,6 +138,19 @@ def _make_server(ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate, hosts
     return key, cert
 
 
+def _give_to_data_dir_owner(data_dir: str, out_dir: str) -> None:
+    """``sudo relaybox tls init`` on a data dir that belongs to the service user: hand the files
+    to that user, or the server (not root) could not read its own CA certificate (the directory
+    is 0700) and a later ``relaybox tls init`` as that user could not renew them."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return
+    st = os.stat(data_dir)
+    if st.st_uid == 0:
+        return
+    for path in [out_dir] + [os.path.join(out_dir, n) for n in os.listdir(out_dir)]:
+        os.chown(path, st.st_uid, st.st_gid)
+
+
 def init_tls(data_dir: str, hosts: list[str] | None = None, ips: list[str] | None = None, *,
              new_ca: bool = False, lan: bool = True) -> dict[str, Any]:
     """Create (or keep) the CA and (re)issue the server certificate. Returns what was written."""
@@ -180,6 +193,7 @@ def init_tls(data_dir: str, hosts: list[str] | None = None, ips: list[str] | Non
     _write(os.path.join(out_dir, "server.key"), _key_pem(key), secret=True)
     _write(os.path.join(out_dir, "server.crt"), pem)
     _write(os.path.join(out_dir, "fullchain.crt"), pem + ca.public_bytes(serialization.Encoding.PEM))
+    _give_to_data_dir_owner(data_dir, out_dir)
     return {
         "dir": out_dir, "ca_created": created_ca, "ca": ca_path, "fullchain": os.path.join(out_dir, "fullchain.crt"),
         "server_key": os.path.join(out_dir, "server.key"), "hosts": hosts, "ips": addrs,

@@ -139,6 +139,19 @@ def nginx_https(server_factory, tmp_path):
             proc.wait(5)
 
 
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root (as sudo would be)")
+def test_tls_init_as_root_hands_the_files_to_the_data_dirs_owner(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    os.chown(tmp_path, 65534, 65534)
+    os.chown(data, 65534, 65534)  # the service user's data dir (here: nobody)
+    info = init_tls(str(data), ["relaybox.test"], [], lan=False)
+    for path in (info["dir"], info["ca"], info["fullchain"], info["server_key"]):
+        st = os.stat(path)
+        assert (st.st_uid, st.st_gid) == (65534, 65534), path
+    assert stat.S_IMODE(os.stat(info["server_key"]).st_mode) == 0o600
+
+
 def test_https_through_nginx_with_a_phone_trusting_only_the_generated_ca(nginx_https, phones):
     srv, base, ca = nginx_https
     # Nobody else trusts this certificate (system CAs only → refused).
