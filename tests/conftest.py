@@ -15,8 +15,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -260,6 +261,16 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., RelayboxServer]]:
 def sandbox(server_factory: Callable[..., RelayboxServer]) -> RelayboxServer:
     """A server with the sandbox channel on and short radio delays."""
     return server_factory(sandbox=True, sandbox_delay_ms=30)
+
+
+@pytest.fixture
+def phones() -> Iterator[Any]:
+    """Simulated Android phones (``tests/android_support.Phones``), stopped after the test."""
+    from android_support import Phones
+
+    p = Phones()
+    yield p
+    p.stop_all()
 
 
 @pytest.fixture

@@ -6,18 +6,9 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Iterator
 
-import pytest
 import requests
-from android_support import Phones, device_view, events_of, phone_server, wait_for
-
-
-@pytest.fixture
-def phones() -> Iterator[Phones]:
-    p = Phones()
-    yield p
-    p.stop_all()
+from android_support import device_view, events_of, phone_server, wait_for
 
 
 def _post(url: str, body: bytes, key: str, ts: int | None = None, sig: str | None = None) -> requests.Response:

@@ -3,13 +3,10 @@ each message sent exactly once across phones, a phone killed mid-run, presence e
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
-import pytest
 import requests
 from android_support import (
     UA,
-    Phones,
     RawSSE,
     device_view,
     events_of,
@@ -24,13 +21,6 @@ from android_support import (
 )
 
 from relaybox.channels.android.protocol import parse_date
-
-
-@pytest.fixture
-def phones() -> Iterator[Phones]:
-    p = Phones()
-    yield p
-    p.stop_all()
 
 
 def test_send_event_pull_sent_delivered_with_a_complete_timeline(server_factory, phones):

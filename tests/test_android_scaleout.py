@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from android_support import Phones, mobile_url, wait_for
+from android_support import mobile_url, wait_for
 from conftest import fresh_postgres_url, fresh_redis_url
 from ops_support import postgres_or_skip, redis_or_skip
 
@@ -26,13 +26,6 @@ def shared() -> Iterator[dict[str, str]]:
            "secret": "android-scaleout-" + uuid.uuid4().hex}
     for drop in cleanups:
         drop()
-
-
-@pytest.fixture
-def phones() -> Iterator[Phones]:
-    p = Phones()
-    yield p
-    p.stop_all()
 
 
 def test_a_message_accepted_by_one_process_reaches_a_phone_streaming_from_another(server_factory, shared,

@@ -11,12 +11,11 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
-from android_support import Phones, new_code, phone_server, send, wait_for
+from android_support import new_code, phone_server, send, wait_for
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -30,13 +29,6 @@ SITE = ROOT / "packaging" / "nginx" / "relaybox.conf"
 def _nginx() -> str | None:
     return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx")
                                           if os.access(p, os.X_OK)), None)
-
-
-@pytest.fixture
-def phones() -> Iterator[Phones]:
-    p = Phones()
-    yield p
-    p.stop_all()
 
 
 def test_tls_init_makes_a_local_ca_and_a_server_certificate(tmp_path):
