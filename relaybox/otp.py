@@ -401,10 +401,14 @@ def _closed_outcome(o: Otp, now: int) -> VerifyOutcome | None:
 # (that cost more than the database work). Standard SQL: SQLite >= 3.35 and PostgreSQL.
 _OTP_COLUMNS = ("id", "account_id", "to_number", "purpose", "locale", "length", "code_hash", "message_id",
                 "status", "attempts", "max_attempts", "created_at", "expires_at", "verified_at", "closed_at")
+# The OTP and its pair's lock-out in one read (the verify path asks for both).
+_WITH_LOCK = (f"SELECT {', '.join('o.' + c for c in _OTP_COLUMNS)}, g.locked_until FROM otp o "
+              "LEFT JOIN otp_guard g ON g.account_id = o.account_id AND g.to_number = o.to_number "
+              "AND g.purpose = o.purpose ")
 _SQL = {
-    "by_id": f"SELECT {', '.join(_OTP_COLUMNS)} FROM otp WHERE id = ? AND account_id = ?",
-    "latest": f"SELECT {', '.join(_OTP_COLUMNS)} FROM otp WHERE account_id = ? AND to_number = ? AND purpose = ? "
-              "ORDER BY created_at DESC, id DESC LIMIT 1",
+    "by_id": _WITH_LOCK + "WHERE o.id = ? AND o.account_id = ?",
+    "latest": _WITH_LOCK + "WHERE o.account_id = ? AND o.to_number = ? AND o.purpose = ? "
+              "ORDER BY o.created_at DESC, o.id DESC LIMIT 1",
     "lock": "SELECT locked_until FROM otp_guard WHERE account_id = ? AND to_number = ? AND purpose = ?",
     "right": "UPDATE otp SET status = 'verified', verified_at = ?, closed_at = ?, sealed = NULL, "
              "attempts = attempts + 1 "
@@ -436,7 +440,11 @@ def _run(name: str, *params: Any) -> Any:
 
 
 def _otp_of(row: tuple[Any, ...] | None) -> Otp | None:
-    return None if row is None else Otp(**dict(zip(_OTP_COLUMNS, row, strict=True)))
+    if row is None:
+        return None
+    o = Otp(**dict(zip(_OTP_COLUMNS, row[:-1], strict=True)))
+    o._locked_until = row[-1]  # the pair's lock-out as read with the row (see verify)
+    return o
 
 
 def find(account_id: str, otp_id: str) -> Otp | None:
@@ -456,9 +464,13 @@ def verify(cfg: Config, o: Otp, code: str, now: int) -> VerifyOutcome:
     if closed is not None:
         return closed
     pair = (o.account_id, o.to_number, o.purpose)
-    lock_row = _run("lock", *pair).fetchone()
-    if lock_row and lock_row[0] and lock_row[0] > now:
-        return VerifyOutcome("failed", o, "max_attempts_reached", retry_after_s=_seconds(lock_row[0] - now))
+    if hasattr(o, "_locked_until"):  # read with the row by find() / latest()
+        locked_until = o._locked_until
+    else:
+        lock_row = _run("lock", *pair).fetchone()
+        locked_until = lock_row[0] if lock_row else None
+    if locked_until and locked_until > now:
+        return VerifyOutcome("failed", o, "max_attempts_reached", retry_after_s=_seconds(locked_until - now))
     right = code_matches(o, code)
 
     def write() -> VerifyOutcome | None:
