@@ -3,7 +3,9 @@
 ``POST /api/v1/devices/pairing`` makes a one-time code and a QR code (SVG) that opens the
 mobile pairing page ``/pair/<token>`` in the phone's camera app: API URL and code with copy
 buttons, "Notification channel: SSE Only", where to get the APK, and relaybox's CA certificate
-when TLS is set up (``relaybox tls init``).
+when TLS is set up (``relaybox tls init``). The page speaks English, Urdu (right-to-left), Nepali
+or Bengali (``?lang=``, the browser's languages, the account's locale); the CLI and the JSON API
+keep the English steps.
 """
 from __future__ import annotations
 
@@ -179,6 +181,8 @@ def delete_device(path: DevicePath):
 
 
 # -- the mobile pairing page --------------------------------------------------------------------------------
+# In the phone user's language (en/ur/ne/bn, the admin page's catalogues). Flask-Babel and Babel's
+# CLDR data load on the first page rendered (relaybox.admin.i18n.ensure_babel), not at start-up.
 def _page_headers(resp: Response) -> Response:
     resp.headers["Cache-Control"] = "no-store"
     resp.headers["Referrer-Policy"] = "no-referrer"  # the token is in the URL
@@ -186,13 +190,58 @@ def _page_headers(resp: Response) -> Response:
     return resp
 
 
+def page_language(account_id: str | None = None) -> str:
+    """``?lang=``, else the browser's best match among the four, else the locale of the account
+    that made the code (the owner's when unknown), else English."""
+    from relaybox.admin.i18n import DEFAULT, LANGUAGES
+    from relaybox.models import Account
+
+    asked = request.args.get("lang")
+    if asked in LANGUAGES:
+        return asked
+    best = request.accept_languages.best_match(list(LANGUAGES))
+    if best:
+        return best
+    account = (Account.get_or_none(Account.id == account_id) if account_id else None) or (
+        Account.select().where(Account.is_owner).first())
+    if account is not None and account.locale in LANGUAGES:
+        return account.locale
+    return DEFAULT
+
+
+def _ltr(value: str) -> Any:
+    """A URL or code inside a sentence: isolated and left-to-right, also in Urdu."""
+    from markupsafe import Markup
+
+    return Markup('<bdi dir="ltr">%s</bdi>') % value
+
+
+def _render_page(status: int, account_id: str | None = None,
+                 steps_for: tuple[str, str, bool] | None = None, **context: Any) -> Response:
+    """``pair.html`` in the page's language; ``steps_for`` (API URL, code, TLS) adds the steps."""
+    from flask_babel import force_locale, gettext
+    from markupsafe import escape
+
+    from relaybox.admin.i18n import LANGUAGES, direction, ensure_babel
+
+    ensure_babel(current_app)
+    lang = page_language(account_id)
+    with force_locale(lang):
+        if steps_for:
+            context["steps"] = pairing_mod.steps(*steps_for, translate=lambda t: escape(gettext(t)), value=_ltr)
+        html = render_template("pair.html", page_lang=lang, page_dir=direction(lang), languages=LANGUAGES,
+                               **context)
+    resp = Response(html, status=status, mimetype="text/html")
+    resp.headers["Content-Language"] = lang
+    resp.vary.add("Accept-Language")
+    return _page_headers(resp)
+
+
 @page_bp.get("/pair/ca.crt")
 def ca_certificate():
     path = ca_path()
     if path is None:
-        return _page_headers(Response(render_template("pair.html", expired=True, tls=False,
-                                                      message="TLS is not set up on this relaybox."),
-                                      status=404, mimetype="text/html"))
+        return _render_page(404, expired=True, tls=False, no_tls=True)
     return send_file(path, mimetype="application/x-x509-ca-cert", as_attachment=True,
                      download_name="relaybox-ca.crt", max_age=0)
 
@@ -201,16 +250,14 @@ def ca_certificate():
 def pair_page(token: str):
     found = pairing_mod.page_pairing(token)
     if found is None:
-        resp = Response(render_template("pair.html", expired=True, tls=False, message=None),
-                        status=410, mimetype="text/html")
-        return _page_headers(resp)
+        return _render_page(410, expired=True, tls=False, no_tls=False)
     row, code = found
     tls = ca_path() is not None
-    html = render_template(
-        "pair.html", expired=False, api_url=row.api_url, code=code, tls=tls,
-        expires_at=iso(row.expires_at), expires_in=max(0, (row.expires_at - now_ms()) // 1000),
-        apk_url=pairing_mod.APK_URL, steps=pairing_mod.steps(row.api_url, code, tls), message=None)
-    return _page_headers(Response(html, mimetype="text/html"))
+    return _render_page(
+        200, row.account_id, expired=False, api_url=row.api_url, code=code, tls=tls,
+        expires_at=iso(row.expires_at), expires_hm=f"{iso(row.expires_at)[11:16]} UTC",
+        expires_in=max(0, (row.expires_at - now_ms()) // 1000),
+        apk_url=pairing_mod.APK_URL, steps_for=(row.api_url, code, tls))
 
 
 @page_bp.get("/pair/<token>/qr.svg")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -145,19 +146,35 @@ def qr_svg(data: str) -> str:
     return img.to_string(encoding="unicode")
 
 
-def steps(api_url: str, code: str, tls: bool) -> list[str]:
-    """What a person does on the phone, in order."""
-    out = [f"Install \"SMS Gateway for Android\" (1.53 or newer) from {APK_URL}"
-           + (" (the release APK)." if tls else " (the \"insecure\" APK allows plain HTTP on a trusted LAN).")]
-    if tls:
-        out.append("Install relaybox's CA certificate on the phone: Settings > Security > Encryption & "
-                   "credentials > Install a certificate > CA certificate (link on the pairing page).")
-    out += [
-        f"In the app: Settings > Cloud Server > API URL = {api_url}",
-        "Settings > Cloud Server > Notification channel = SSE Only (real time without Google push).",
-        (f"Home: enable \"Cloud server\", tap Start, choose \"Sign in by code\" and enter the code {code} "
-         "(valid 10 minutes, once)."),
-        ("Allow the permissions and keep the app's foreground service on, so sending and the status "
-         "heartbeat continue."),
-    ]
-    return out
+def N_(text: str) -> str:
+    """Marks a string for the Babel catalogues (``pybabel extract -k N_``) without translating it:
+    the CLI and the JSON API show the English text, the pairing page translates it."""
+    return text
+
+
+_STEPS_APP = {
+    True: N_('Install "SMS Gateway for Android" (1.53 or newer) from %(apk_url)s (the release APK).'),
+    False: N_('Install "SMS Gateway for Android" (1.53 or newer) from %(apk_url)s (the "insecure" APK '
+              'allows plain HTTP on a trusted LAN).'),
+}
+_STEP_CA = N_("Install relaybox's CA certificate on the phone: Settings > Security > Encryption & "
+              "credentials > Install a certificate > CA certificate (link on the pairing page).")
+_STEPS_APP_SETTINGS = [
+    N_("In the app: Settings > Cloud Server > API URL = %(api_url)s"),
+    N_("Settings > Cloud Server > Notification channel = SSE Only (real time without Google push)."),
+    N_('Home: enable "Cloud server", tap Start, choose "Sign in by code" and enter the code %(code)s '
+       "(valid 10 minutes, once)."),
+    N_("Allow the permissions and keep the app's foreground service on, so sending and the status "
+       "heartbeat continue."),
+]
+
+
+def steps(api_url: str, code: str, tls: bool, translate: Callable[[str], str] | None = None,
+          value: Callable[[str], Any] | None = None) -> list[Any]:
+    """What a person does on the phone, in order: English, or through ``translate`` (a gettext)
+    with each inserted value (URL, code) passed through ``value`` (the page marks them LTR)."""
+    tr = translate or (lambda text: text)
+    wrap = value or (lambda text: text)
+    values = {"apk_url": wrap(APK_URL), "api_url": wrap(api_url), "code": wrap(code)}
+    texts = [_STEPS_APP[tls], *([_STEP_CA] if tls else []), *_STEPS_APP_SETTINGS]
+    return [tr(text) % values for text in texts]
