@@ -6,7 +6,6 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,7 +13,6 @@ import qrcode
 import requests
 from android_support import (
     UA,
-    Phones,
     device_view,
     mobile_url,
     new_code,
@@ -25,13 +23,6 @@ from android_support import (
 )
 
 from relaybox.channels.android.simulator import HttpStatusError, SimulatedDevice
-
-
-@pytest.fixture
-def phones() -> Iterator[Phones]:
-    p = Phones()
-    yield p
-    p.stop_all()
 
 
 def test_pair_by_code_registers_once_and_the_code_cannot_be_reused(server_factory, phones):

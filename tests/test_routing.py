@@ -14,13 +14,13 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from android_support import Phones, RawSSE, new_code, query, register_raw
+from android_support import RawSSE, new_code, query, register_raw
 from conftest import RelayboxServer, wait_for
 
 from relaybox.channels.modem.simulator import ModemSimulator
@@ -40,13 +40,6 @@ OFF = {"min_delay": 0, "max_delay": 0, "per_minute": 0, "per_hour": 0, "per_day"
 
 
 # -- fixtures and helpers -------------------------------------------------------------------------------
-@pytest.fixture
-def phones() -> Iterator[Phones]:
-    p = Phones()
-    yield p
-    p.stop_all()
-
-
 class Clock:
     """The server's clock offset (RELAYBOX_TEST_CLOCK_FILE), in ms."""
 
