@@ -270,11 +270,13 @@ class _Row:
             setattr(self, name, v)
 
 
-def _transitions_in_tx(moves: list[tuple[str, str, dict[str, Any]]]) -> list[events.Event]:
+def _transitions_in_tx(moves: list[tuple[str, str, dict[str, Any]]],
+                       made: list[int] | None = None) -> list[events.Event]:
     """Apply ``(message_id, new, kwargs)`` moves in order, set-based: one SELECT of the rows, one
     of their last timeline times, one UPDATE statement, one INSERT of timeline rows and one of
     events — whatever the number of moves (a channel reporting 500 messages is one tick).
-    Same rules as one :func:`transition` after another; returns the events of the moves made."""
+    Same rules as one :func:`transition` after another; returns the events of the moves made
+    (and appends their indexes in ``moves`` to ``made``)."""
     ids = list(dict.fromkeys(mid for mid, _, _ in moves))
     rows: dict[str, _Row] = {}
     last: dict[str, int] = {}
@@ -288,7 +290,7 @@ def _transitions_in_tx(moves: list[tuple[str, str, dict[str, Any]]]) -> list[eve
     timeline: list[dict[str, Any]] = []
     ev_rows: list[dict[str, Any]] = []
     priorities: list[int] = []
-    for message_id, new, kw in moves:
+    for index, (message_id, new, kw) in enumerate(moves):
         m = rows.get(message_id)
         if m is None:
             continue
@@ -309,6 +311,8 @@ def _transitions_in_tx(moves: list[tuple[str, str, dict[str, Any]]]) -> list[eve
         ev_rows.append({"account": m.account_id, "type": "message.status", "message_id": m.id,
                         "payload": status_payload(m, new, at)})
         priorities.append(m.priority)
+        if made is not None:
+            made.append(index)
     if not changed:
         return []
     _save_transitions(list(changed.values()))
@@ -347,14 +351,15 @@ def transition_many(moves: list[tuple[str, str, dict[str, Any]]]) -> list[bool]:
     For channels that learn about many messages at once (the sandbox's radio ticks, a batch of
     reports): one commit instead of one per message, same rules as :func:`transition`.
     """
+    made: list[int] = []
     with write_tx():
-        evs = _transitions_in_tx(moves)
+        evs = _transitions_in_tx(moves, made)
     events.publish(evs)
-    made = {(e.message_id, e.payload["status"]) for e in evs}
     if log.isEnabledFor(logging.INFO):
-        for message_id, new in made:
-            log.info("message %s %s", message_id, new)
-    return [(mid, new) in made for mid, new, _ in moves]
+        for i in made:
+            log.info("message %s %s", moves[i][0], moves[i][1])
+    done = set(made)
+    return [i in done for i in range(len(moves))]
 
 
 def claim_for_channel(channel_id: str, limit: int = 100, order: str = "fifo") -> list[Message]:
