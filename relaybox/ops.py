@@ -380,5 +380,7 @@ def init_app(app: Any) -> None:
     from relaybox.paging import install as install_message_buckets
 
     install_message_buckets()  # SQLite: counts per page bucket, kept by triggers (GET /messages)
-    runtime.sweepers.append(ServeLock(config.data_dir))
+    serve_lock = ServeLock(config.data_dir)
+    runtime.before_start.append(serve_lock)  # taken before the server does anything
+    runtime.sweepers.append(serve_lock)  # and again later if another process held it then
     runtime.sweepers.append(RetentionSweeper(runtime))

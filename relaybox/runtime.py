@@ -83,6 +83,9 @@ class Runtime:
         # Queue health adds what other features know about a channel: (channel_id, row) -> None.
         self.channel_view_hooks: list[Callable[[str, dict[str, Any]], None]] = []
         # Background work of features (e.g. the routing pacer): run by start() and stop().
+        # before_start: first thing start() does, before recovery or any channel runs (the
+        # serve lock: `relaybox restore` must see a starting server as running).
+        self.before_start: list[Callable[[], None]] = []
         self.start_hooks: list[Callable[[], None]] = []
         self.stop_hooks: list[Callable[[], None]] = []
         # POST /sms/list "tags": (account, tags) -> the numbers of the contacts with those tags.
@@ -136,6 +139,8 @@ class Runtime:
         if self.started:
             return
         self.started = True
+        for hook in list(self.before_start):
+            hook()
         self.recover()
         self._queue_runner = QueueRunner(self.huey, self.config.workers)
         self._queue_runner.start()

@@ -75,6 +75,18 @@ def test_backup_under_load_is_consistent_and_restore_brings_back_messages_and_ke
     assert final.messages == n1
 
 
+def test_restore_is_refused_the_moment_a_server_answers(server_factory, tmp_path):
+    """The serve lock is taken before the server does anything, not on its first housekeeping
+    pass: a restore right after start must not overwrite a running server's database."""
+    srv = server_factory(sweep_interval=30)
+    if str(srv.env.get("RELAYBOX_DATABASE", "")).startswith("postgres"):
+        pytest.skip("SQLite backup/restore")
+    copy = tmp_path / "copy.db"
+    assert _cli(srv, "backup", str(copy)).returncode == 0
+    res = _cli(srv, "restore", str(copy))
+    assert res.returncode == 1 and "stop it first" in res.stderr, res.stdout + res.stderr
+
+
 def test_restore_onto_a_new_box_keeps_the_api_key_working(server_factory, tmp_path):
     old = server_factory(sandbox=True, sandbox_delay_ms=20)
     if str(old.env.get("RELAYBOX_DATABASE", "")).startswith("postgres"):
