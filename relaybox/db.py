@@ -33,7 +33,8 @@ def open_database(url: str) -> peewee.Database:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         database = peewee.SqliteDatabase(path, pragmas=SQLITE_PRAGMAS, timeout=10)
     else:
-        from playhouse.db_url import connect  # PostgreSQL only: not loaded by an SQLite box
+        # PostgreSQL only: an SQLite box never loads the URL parser and its drivers.
+        from playhouse.db_url import connect
 
         database = connect(url)
     db.initialize(database)
@@ -66,7 +67,7 @@ T = TypeVar("T")
 
 
 class _Job:
-    __slots__ = ("fn", "result", "error", "done")
+    __slots__ = ("done", "error", "fn", "result")
 
     def __init__(self, fn: Callable[[], Any]) -> None:
         self.fn, self.result, self.error, self.done = fn, None, None, False

@@ -40,9 +40,9 @@ class Recorded:
     """What listeners get for an event written by :func:`record_many`: the row's values without
     a peewee model per event (listeners read ``type``, ``message_id`` and ``payload``)."""
 
-    __slots__ = ("id", "account_id", "type", "message_id", "payload", "created_at", "message_priority")
+    __slots__ = ("account_id", "created_at", "id", "message_id", "message_priority", "payload", "type")
 
-    def __init__(self, id: str, account: str | None, type: str, message_id: str | None,  # noqa: A002
+    def __init__(self, id: str, account: str | None, type: str, message_id: str | None,
                  payload: Any, created_at: int) -> None:
         self.id, self.account_id, self.type, self.message_id = id, account, type, message_id
         self.payload, self.created_at, self.message_priority = payload, created_at, None

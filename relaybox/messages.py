@@ -15,7 +15,7 @@ from typing import Any
 import peewee as pw
 
 from relaybox import events
-from relaybox.db import fast_insert, for_update, is_sqlite, write_tx
+from relaybox.db import db, fast_insert, for_update, is_sqlite, write_tx
 from relaybox.models import PRIORITY_NAMES, Message, MessageEvent
 from relaybox.timeutil import iso, now_ms
 
@@ -243,16 +243,12 @@ _update_sql: list[str] = []
 
 def _save_transitions(changed: list[Any]) -> None:
     if not _update_sql:
-        from relaybox.db import db
-
         p = db.obj.param
         sets = ", ".join(f'"{getattr(Message, c).column_name}" = {p}' for c in _MUTABLE)
         _update_sql.append(f'UPDATE "message" SET {sets} WHERE "id" = {p}')
     fields = [getattr(Message, c) for c in _MUTABLE]
-    from relaybox.db import db
-
     db.cursor().executemany(_update_sql[0], [
-        tuple(f.db_value(getattr(m, f.name)) for f in fields) + (m.id,) for m in changed])  # noqa
+        tuple(f.db_value(getattr(m, f.name)) for f in fields) + (m.id,) for m in changed])
 
 
 _ROW_FIELDS = ("id", "account", "client_reference_id", "to_number", "from_number", "direction", "metadata",

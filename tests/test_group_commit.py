@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import peewee as pw
 import pytest
@@ -24,6 +25,18 @@ def _wait_queued(n: int) -> None:
     while len(dbmod._group_pending) < n:
         assert time.monotonic() < deadline, f"only {len(dbmod._group_pending)} of {n} writers queued"
         time.sleep(0.005)
+
+
+def _queue_up(worker: Callable[[int], None], n: int) -> None:
+    """Run ``worker(0..n-1)`` in threads that all queue behind a held writer lock, so they
+    must share commits; returns when they are done."""
+    with write_tx():
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        _wait_queued(n)
+    for t in threads:
+        t.join(10)
 
 
 @pytest.fixture
@@ -60,14 +73,7 @@ def test_concurrent_writers_share_commits_and_each_gets_its_own_answer(database,
         except ValueError as exc:
             results[i] = str(exc)
 
-    # Hold the writer lock while the workers queue up, so they must share commits.
-    with write_tx():
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
-        for t in threads:
-            t.start()
-        _wait_queued(16)
-    for t in threads:
-        t.join(10)
+    _queue_up(worker, 16)
     assert results == {i: (f"job {i} refuses" if i % 5 == 0 else i * 10) for i in range(16)}
     assert sum(batches) == 16 and len(batches) < 16  # fewer commits than writers
     names = {t.name for t in Thing.select()}
@@ -92,13 +98,7 @@ def test_a_failed_commit_reaches_every_writer_and_nothing_is_kept(database):
         except pw.IntegrityError as exc:
             errors[i] = exc
 
-    with write_tx():
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
-        for t in threads:
-            t.start()
-        _wait_queued(6)
-    for t in threads:
-        t.join(10)
+    _queue_up(worker, 6)
     assert sorted(errors) == list(range(6))  # every writer of that commit is told
     assert len({id(e) for e in errors.values()}) == 6  # each its own exception object
     assert Thing.select().count() == 0
