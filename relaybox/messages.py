@@ -63,6 +63,12 @@ def status_payload(m: Message, status: str, at: int) -> dict[str, Any]:
     }
 
 
+def status_event(m: Any, status: str, at: int) -> dict[str, Any]:
+    """The ``message.status`` event row for :func:`relaybox.events.record_many`."""
+    return {"account": m.account_id, "type": "message.status", "message_id": m.id,
+            "payload": status_payload(m, status, at)}
+
+
 @dataclass
 class NewMessage:
     """A validated message ready to be written (see :func:`accept`)."""
@@ -151,8 +157,7 @@ def accept(items: Iterable[NewMessage], now: int | None = None) -> tuple[list[Me
         rows.append(m)
         timeline.append({"message": it.id, "seq": 1, "status": "accepted", "at": now, "channel_id": None})
         timeline.append({"message": it.id, "seq": 2, "status": status, "at": now, "channel_id": it.channel_id})
-        evs.append({"account": it.account_id, "type": "message.status", "message_id": it.id,
-                    "payload": status_payload(m, status, now)})
+        evs.append(status_event(m, status, now))
     fast_insert(Message, msg_rows)
     fast_insert(MessageEvent, timeline)
     return rows, events.record_many(evs)
@@ -304,8 +309,7 @@ def _transitions_in_tx(moves: list[tuple[str, str, dict[str, Any]]],
         timeline.append(_apply(m, new, at, error_code=kw.get("error_code"), error_message=kw.get("error_message"),
                                channel_id=kw.get("channel_id"), detail=kw.get("detail")))
         changed[message_id] = m
-        ev_rows.append({"account": m.account_id, "type": "message.status", "message_id": m.id,
-                        "payload": status_payload(m, new, at)})
+        ev_rows.append(status_event(m, new, at))
         priorities.append(m.priority)
         if made is not None:
             made.append(index)
@@ -404,8 +408,7 @@ def claim_for_channel(channel_id: str, limit: int = 100, order: str = "fifo") ->
             m.error_code = m.error_message = None
             timeline.append({"message": m.id, "seq": m.sequence, "status": "dispatched", "at": now,
                              "channel_id": channel_id})
-            ev_rows.append({"account": m.account_id, "type": "message.status", "message_id": m.id,
-                            "payload": status_payload(m, "dispatched", now)})
+            ev_rows.append(status_event(m, "dispatched", now))
             claimed.append(m)
         fast_insert(MessageEvent, timeline)
         evs = events.record_many(ev_rows)
