@@ -293,6 +293,18 @@ def test_per_message_callback_overrides_the_global_url(fast_sandbox: Any, receiv
     assert {d["url_source"] for d in deliveries(api, message_id=mine)} == {"status_callback"}
 
 
+def test_status_callback_works_for_an_account_that_never_set_up_webhooks(fast_sandbox: Any,
+                                                                        receivers: Any) -> None:
+    # No GET/PUT /webhooks first: the account has no webhook settings row at all.
+    api = fast_sandbox.api()
+    own = receivers([200])
+    mid = send(api, status_callback=own.url("/own"))
+    wait_for(lambda: "delivered" in statuses(own, mid), message="callback got delivered")
+    assert {"queued", "sent", "delivered"} <= set(statuses(own, mid))  # sent in parallel, any order
+    req = next(r for r in own.requests if json.loads(r["body"])["status"] == "delivered")
+    assert verify(secret_of(api), req)["message_id"] == mid
+
+
 def test_redeliver_sends_again_with_the_same_webhook_id(fast_sandbox: Any, receivers: Any) -> None:
     api = fast_sandbox.api()
     rcv = receivers([200])
