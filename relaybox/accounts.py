@@ -39,29 +39,38 @@ def regenerate_key(account: Account) -> str:
 _key_sql: str | None = None
 
 
+PAUSE_SETTING = "queue_paused"
+
+
 def _account_by_key_sql() -> str:
     """One joined SELECT, built once: every API request runs it, and building it with the
-    query builder each time cost more than running it."""
+    query builder each time cost more than running it. It also reads the instance-wide pause
+    flag, which every sending request needs next (one statement instead of two)."""
     global _key_sql
     if _key_sql is None:
         cols = ", ".join(f'a."{f.column_name}"' for f in Account._meta.sorted_fields)
-        _key_sql = (f'SELECT k."key_hash", {cols} FROM "api_key" k JOIN "account" a ON a."id" = k."account_id" '
-                    f'WHERE k."key_hash" = {db.obj.param} AND k."revoked_at" IS NULL')
+        p = db.obj.param
+        _key_sql = (f'SELECT k."key_hash", {cols}, (SELECT s."value" FROM "setting" s WHERE s."key" = {p}) '
+                    f'FROM "api_key" k JOIN "account" a ON a."id" = k."account_id" '
+                    f'WHERE k."key_hash" = {p} AND k."revoked_at" IS NULL')
     return _key_sql
 
 
 def account_for_key(key: str) -> Account | None:
     """The account owning an active key, or None. Lookup by digest (indexed), then a
-    constant-time comparison of the digests."""
+    constant-time comparison of the digests. The instance's pause setting read with it is
+    kept on the account as ``_pause_setting`` (raw JSON text, or None) for
+    :meth:`relaybox.runtime.Runtime.instance_paused`."""
     if not key or len(key) > 200:
         return None
     h = digest(key, KEY_PURPOSE)
-    row = db.execute_sql(_account_by_key_sql(), (h,)).fetchone()
+    row = db.execute_sql(_account_by_key_sql(), (PAUSE_SETTING, h)).fetchone()
     if row is None or not hmac.compare_digest(row[0], h):
         return None
     fields = Account._meta.sorted_fields
-    account = Account(**{f.name: f.python_value(v) for f, v in zip(fields, row[1:])})
+    account = Account(**{f.name: f.python_value(v) for f, v in zip(fields, row[1:-1])})
     account._dirty.clear()
+    account._pause_setting = row[-1]
     return account
 
 

@@ -223,10 +223,15 @@ def all_models() -> list[type[BaseModel]]:
     return found
 
 
+#: Indexes earlier versions created that a composite index now covers (dropped on start).
+RETIRED_INDEXES = ("message_account_id", "message_batch_id", "message_event_message_id")
+
+
 def create_tables() -> None:
     if is_sqlite():
         with db.atomic():
             db.create_tables(all_models(), safe=True)
+            _drop_retired_indexes()
         return
     with db.atomic():
         # Two processes starting at once on one PostgreSQL would race on CREATE TABLE IF NOT
@@ -244,3 +249,13 @@ def create_tables() -> None:
             for index in model._meta.fields_to_index():
                 if index._name not in indexes:
                     db.execute(model._schema._create_index(index, safe=True))
+        # Only what exists is dropped (DROP INDEX locks its table, like CREATE INDEX above).
+        for name in set(RETIRED_INDEXES) & indexes:
+            db.execute_sql(f'DROP INDEX IF EXISTS "{name}"')
+
+
+def _drop_retired_indexes() -> None:
+    """SQLite: drop the :data:`RETIRED_INDEXES` a data dir from an earlier version still has."""
+    have = {r[0] for r in db.execute_sql("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()}
+    for name in set(RETIRED_INDEXES) & have:
+        db.execute_sql(f'DROP INDEX IF EXISTS "{name}"')

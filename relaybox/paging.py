@@ -30,12 +30,13 @@ _BUCKET = "substr({r}.id, 1, length({r}.id) - 21)"  # "<prefix>_" + the first 5 
 _installed: dict[tuple[int, str], bool] = {}
 
 
-def _bump(row: str, sign: str) -> str:
-    """Statements adding ``sign``1 to the four (direction|*, status|*) rows of ``row`` (NEW/OLD)."""
+def _bump(row: str, sign: str, any_status: bool = True) -> str:
+    """Statements adding ``sign``1 to the four (direction|*, status|*) rows of ``row`` (NEW/OLD);
+    without ``any_status`` only to the two rows of its own status."""
     bucket = _BUCKET.format(r=row)
     out = []
     for direction in (f"{row}.direction", f"'{ANY}'"):
-        for status in (f"{row}.status", f"'{ANY}'"):
+        for status in (f"{row}.status", f"'{ANY}'")[:2 if any_status else 1]:
             if sign == "+":
                 out.append(
                     "INSERT INTO message_bucket (account_id, direction, status, bucket, n) "
@@ -49,17 +50,25 @@ def _bump(row: str, sign: str) -> str:
     return "\n".join(out)
 
 
-SCHEMA = [
-    ("CREATE TABLE IF NOT EXISTS message_bucket (account_id TEXT NOT NULL, direction TEXT NOT NULL, "
-     "status TEXT NOT NULL, bucket TEXT NOT NULL, n INTEGER NOT NULL, "
-     "PRIMARY KEY (account_id, direction, status, bucket)) WITHOUT ROWID"),
-    f"CREATE TRIGGER IF NOT EXISTS message_bucket_ai AFTER INSERT ON message BEGIN\n{_bump('NEW', '+')}\nEND",
-    f"CREATE TRIGGER IF NOT EXISTS message_bucket_ad AFTER DELETE ON message BEGIN\n{_bump('OLD', '-')}\nEND",
-    ("CREATE TRIGGER IF NOT EXISTS message_bucket_au AFTER UPDATE OF account_id, direction, status, id ON message "
-     "WHEN OLD.account_id IS NOT NEW.account_id OR OLD.direction IS NOT NEW.direction "
-     "OR OLD.status IS NOT NEW.status OR OLD.id IS NOT NEW.id BEGIN\n"
-     f"{_bump('OLD', '-')}\n{_bump('NEW', '+')}\nEND"),
-]
+_SAME_KEY = "OLD.account_id IS NEW.account_id AND OLD.direction IS NEW.direction AND OLD.id IS NEW.id"
+TABLE = ("CREATE TABLE IF NOT EXISTS message_bucket (account_id TEXT NOT NULL, direction TEXT NOT NULL, "
+         "status TEXT NOT NULL, bucket TEXT NOT NULL, n INTEGER NOT NULL, "
+         "PRIMARY KEY (account_id, direction, status, bucket)) WITHOUT ROWID")
+TRIGGERS = {
+    "message_bucket_ai": f"AFTER INSERT ON message BEGIN\n{_bump('NEW', '+')}\nEND",
+    "message_bucket_ad": f"AFTER DELETE ON message BEGIN\n{_bump('OLD', '-')}\nEND",
+    # A status change (every transition) leaves the "any status" rows as they are: four
+    # statements, not eight.
+    "message_bucket_au_status": (
+        f"AFTER UPDATE OF status ON message WHEN OLD.status IS NOT NEW.status AND {_SAME_KEY} BEGIN\n"
+        f"{_bump('OLD', '-', any_status=False)}\n{_bump('NEW', '+', any_status=False)}\nEND"),
+    "message_bucket_au_key": (
+        f"AFTER UPDATE OF account_id, direction, status, id ON message WHEN NOT ({_SAME_KEY}) BEGIN\n"
+        f"{_bump('OLD', '-')}\n{_bump('NEW', '+')}\nEND"),
+}
+#: Update triggers of earlier versions, replaced by the two above (the counts stay valid).
+_RETIRED = ("message_bucket_au",)
+
 
 def install() -> bool:
     """Create the bucket table and triggers (SQLite), backfilling from existing rows once."""
@@ -71,9 +80,14 @@ def install() -> bool:
     with write_tx():
         have = {r[0] for r in db.execute_sql(
             "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'message_bucket_%'").fetchall()}
-        if len(have) < 3:
-            for stmt in SCHEMA:
-                db.execute_sql(stmt)
+        for name in have & set(_RETIRED):
+            db.execute_sql(f"DROP TRIGGER {name}")
+        counted = {"message_bucket_ai", "message_bucket_ad"} <= have  # counts kept so far
+        db.execute_sql(TABLE)
+        for name, body in TRIGGERS.items():
+            if name not in have:
+                db.execute_sql(f"CREATE TRIGGER {name} {body}")
+        if not counted:
             db.execute_sql("DELETE FROM message_bucket")
             bucket = _BUCKET.format(r="message")
             db.execute_sql(

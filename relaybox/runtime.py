@@ -26,6 +26,7 @@ from relaybox.security import load_or_create_secret, set_instance_secret
 from relaybox.timeutil import now_ms
 
 log = logging.getLogger("relaybox.runtime")
+_UNREAD: Any = object()  # instance_paused(): the setting was not read by the caller
 
 current: Runtime | None = None
 
@@ -110,16 +111,19 @@ class Runtime:
         if ch is not None and self.started:
             ch.stop()
 
-    def instance_paused(self) -> bool:
+    def instance_paused(self, setting: Any = _UNREAD) -> bool:
         """Instance-wide pause flag (admin: ``relaybox queue pause``). A ``Setting`` row, so every
         process sharing the database sees it and it survives a restart; a ``paused`` file in
-        the data dir also pauses this box."""
-        from relaybox.db import db
+        the data dir also pauses this box. ``setting``: the row's raw value when the caller
+        has just read it (API requests read it with the key lookup)."""
+        if setting is _UNREAD:
+            from relaybox.db import db
 
-        # Asked on every send: a plain statement, not the query builder.
-        row = db.execute_sql(f'SELECT "value" FROM "setting" WHERE "key" = {db.obj.param}',
-                             ("queue_paused",)).fetchone()
-        paused = row is not None and row[0] is not None and bool(json.loads(row[0]))
+            # Asked on every send: a plain statement, not the query builder.
+            row = db.execute_sql(f'SELECT "value" FROM "setting" WHERE "key" = {db.obj.param}',
+                                 ("queue_paused",)).fetchone()
+            setting = None if row is None else row[0]
+        paused = setting is not None and bool(json.loads(setting))
         return paused or os.path.exists(os.path.join(self.config.data_dir, "paused"))
 
     def usable(self, channel: Channel) -> bool:

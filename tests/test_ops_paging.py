@@ -80,6 +80,9 @@ def test_pages_and_totals_match_count_offset_through_inserts_updates_and_deletes
     with write_tx():
         for mid in rnd.sample(ids, 150):
             Message.update(account="acc_b" if rnd.random() < 0.5 else "acc_a").where(Message.id == mid).execute()
+        for mid in rnd.sample(ids, 100):  # account and status at once
+            Message.update(account=rnd.choice(["acc_a", "acc_b"]), status=rnd.choice(STATUSES)) \
+                .where(Message.id == mid).execute()
     gone = rnd.sample(ids, 300)  # deletions (retention)
     Message.delete().where(Message.id << gone).execute()
     assert _check_everything(rnd) > 100
@@ -96,3 +99,51 @@ def test_install_is_idempotent_and_survives_reopening(database, tmp_path):
     paging._installed.clear()
     assert paging.install()  # triggers found: no second backfill
     assert db.execute_sql("SELECT SUM(n) FROM message_bucket WHERE direction='*' AND status='*'").fetchone()[0] == 50
+
+
+def test_an_older_data_dirs_update_trigger_is_replaced_without_losing_counts(database):
+    """Data dirs from before the status-only trigger have one update trigger doing eight
+    statements; install() swaps it for the two new ones and keeps the counts it maintained."""
+    rnd = random.Random(11)
+    with write_tx():
+        db.execute_sql(paging.TABLE)
+        for name in ("message_bucket_ai", "message_bucket_ad"):
+            db.execute_sql(f"CREATE TRIGGER {name} {paging.TRIGGERS[name]}")
+        db.execute_sql(
+            "CREATE TRIGGER message_bucket_au AFTER UPDATE OF account_id, direction, status, id ON message "
+            "WHEN OLD.account_id IS NOT NEW.account_id OR OLD.direction IS NOT NEW.direction "
+            "OR OLD.status IS NOT NEW.status OR OLD.id IS NOT NEW.id BEGIN\n"
+            f"{paging._bump('OLD', '-')}\n{paging._bump('NEW', '+')}\nEND")
+    ids = _insert(300, rnd, now_ms() - 10 * 86_400_000)
+    with write_tx():
+        for mid in rnd.sample(ids, 80):  # kept by the old trigger
+            Message.update(status=rnd.choice(STATUSES)).where(Message.id == mid).execute()
+        db.execute_sql("UPDATE message_bucket SET n = n + 1000 WHERE status = 'failed'")  # a marker:
+    # a backfill would wipe it, so it shows that install() kept the counts it found.
+    assert paging.install()
+    names = {r[0] for r in db.execute_sql("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall()}
+    assert "message_bucket_au" not in names and set(paging.TRIGGERS) <= names
+    assert db.execute_sql("SELECT MIN(n) FROM message_bucket WHERE status = 'failed'").fetchone()[0] >= 1000
+    db.execute_sql("UPDATE message_bucket SET n = n - 1000 WHERE status = 'failed'")
+    with write_tx():
+        for mid in rnd.sample(ids, 120):  # kept by the new triggers
+            Message.update(status=rnd.choice(STATUSES)).where(Message.id == mid).execute()
+    assert _check_everything(rnd) > 50
+
+
+def test_single_column_indexes_a_composite_covers_are_dropped_and_plans_still_use_an_index(database):
+    from relaybox.db import RETIRED_INDEXES, create_tables
+
+    with write_tx():  # as a data dir from an earlier version has them
+        db.execute_sql('CREATE INDEX "message_account_id" ON "message" ("account_id")')
+        db.execute_sql('CREATE INDEX "message_batch_id" ON "message" ("batch_id")')
+        db.execute_sql('CREATE INDEX "message_event_message_id" ON "message_event" ("message_id")')
+    create_tables()
+    names = {r[0] for r in db.execute_sql("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()}
+    assert not names & set(RETIRED_INDEXES)
+    # The lookups those indexes served (and the foreign keys' cascades) still use an index.
+    for sql in ("SELECT id FROM message WHERE account_id = 'acc_a'",
+                "SELECT id FROM message WHERE batch_id = 'bat_x'",
+                "SELECT id FROM message_event WHERE message_id = 'req_x'"):
+        plan = " ".join(str(r[-1]) for r in db.execute_sql("EXPLAIN QUERY PLAN " + sql).fetchall())
+        assert "USING" in plan and "INDEX" in plan, (sql, plan)

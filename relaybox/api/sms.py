@@ -28,7 +28,7 @@ from relaybox.errors import ApiError, envelope, invalid
 from relaybox.ids import new_id
 from relaybox.messages import TERMINAL, NewMessage, accept, view
 from relaybox.models import PRIORITIES, Batch, Message, MessageEvent
-from relaybox.runtime import Runtime
+from relaybox.runtime import _UNREAD, Runtime
 from relaybox.sms.pdu import analyze
 from relaybox.timeutil import iso, now_ms, parse_rfc3339
 
@@ -167,7 +167,7 @@ def check_can_send(account: Any) -> None:
     if rt.config.pause_mode == "reject":
         # Remembered on the request's account object, so the router's hold check in the same
         # request does not ask the database again.
-        account._instance_paused = rt.instance_paused()
+        account._instance_paused = rt.instance_paused(getattr(account, "_pause_setting", _UNREAD))
         if account.paused or account._instance_paused:
             who = "for this account" if account.paused else "on this box by the admin"
             raise ApiError("QUEUE_BLOCKED", f"sending is paused {who}; resume the queue to send")
