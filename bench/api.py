@@ -5,6 +5,11 @@ p50/p99 latency at 32 clients at a fixed offered rate of half the bare app's thr
 the time to accept a 1,000-item batch, and idle RSS.
 Targets (core issue): ratio ≥ 0.5, p99 ≤ 25 ms, batch ≤ 300 ms, idle RSS ≤ 60 MB.
 
+For reference it also measures ``GET /api/v1/account`` at saturation (``account_ratio``): an
+authenticated request through the same stack (waitress, Flask, flask-openapi3, the key lookup,
+the envelope) that writes nothing. It bounds what any authenticated endpoint of this one
+process can reach relative to the bare app, before a send does any of its own work.
+
     python bench/api.py [--duration 10]
 """
 from __future__ import annotations
@@ -47,6 +52,10 @@ def main() -> int:
         sat = wrk(send_url, SEND_BODY, duration=args.duration, headers=hdr)
         results["send_rps"] = sat["rps"]
         results["send_non2xx"] = sat["non2xx"]
+        wrk(rb.base + "/account", "", duration=2, headers=hdr, method="GET")
+        ref = wrk(rb.base + "/account", "", duration=args.duration, headers=hdr, method="GET")
+        assert ref["non2xx"] == 0, ref
+        results["account_get_rps"] = ref["rps"]
         time.sleep(2)
         paced = wrk(send_url, SEND_BODY, duration=args.duration, headers=hdr, rate=bare["rps"] / 2)
         results.update(paced_rate_target=round(bare["rps"] / 2), paced_rps=paced["rps"],
@@ -62,6 +71,7 @@ def main() -> int:
         results["batch_1000_ms_median"] = round(statistics.median(times), 1)
         results["batch_1000_ms_max"] = round(max(times), 1)
     results["ratio"] = round(results["send_rps"] / results["bare_rps"], 3)
+    results["account_ratio"] = round(results["account_get_rps"] / results["bare_rps"], 3)
     targets = {"ratio": (results["ratio"] >= 0.5), "p99_ms": results["p99_ms"] <= 25,
                "batch_1000_ms_median": results["batch_1000_ms_median"] <= 300,
                "idle_rss_mb": results["idle_rss_mb"] <= 60}

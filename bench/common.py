@@ -116,7 +116,7 @@ def rss_mb(pid: int) -> float:
 
 
 WRK_SCRIPT = """
-wrk.method = "POST"
+wrk.method = "{method}"
 wrk.headers["Content-Type"] = "application/json"
 {headers}
 local counter = 0
@@ -131,8 +131,10 @@ end
 
 
 def wrk(url: str, body: str, *, connections: int = 32, duration: int = 10, threads: int = 2,
-        headers: dict[str, str] | None = None, rate: float | None = None) -> dict[str, float]:
+        headers: dict[str, str] | None = None, rate: float | None = None,
+        method: str = "POST") -> dict[str, float]:
     """Run wrk; ``rate`` (req/s, approximate) paces each connection with wrk's delay() hook.
+    ``method="GET"`` sends no body.
 
     Returns requests/s, p50 and p99 latency in ms, and the count of non-2xx answers.
     """
@@ -144,7 +146,10 @@ def wrk(url: str, body: str, *, connections: int = 32, duration: int = 10, threa
     if rate:
         delay_ms = connections / rate * 1000
         delay_fn = "delay = function() return per_conn_delay_ms end"
-    script = WRK_SCRIPT.format(headers=hdr, body=body.replace("'", "\\'"), delay_ms=delay_ms, delay_fn=delay_fn)
+    script = WRK_SCRIPT.format(headers=hdr, body=body.replace("'", "\\'"), delay_ms=delay_ms, delay_fn=delay_fn,
+                               method=method)
+    if method == "GET":
+        script = script.replace("return wrk.format(nil, nil, nil, body)", "return wrk.format(nil, nil, nil, nil)")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
         fh.write(script + DONE_HOOK)
         path = fh.name

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from datetime import UTC, datetime
+from functools import lru_cache
 
 _offset_ms = 0
 _CLOCK_FILE = os.environ.get("RELAYBOX_TEST_CLOCK_FILE") or None
@@ -43,14 +44,20 @@ def reset_clock() -> None:
     _offset_ms = 0
 
 
+@lru_cache(maxsize=512)
+def _second(s: int) -> str:
+    """``YYYY-MM-DDTHH:MM:SS`` of a Unix second (a message view formats several in one second)."""
+    return datetime.fromtimestamp(s, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def iso(ms: int | None, millis: bool = True) -> str | None:
     """RFC 3339 UTC with ``Z``; millisecond precision for timelines."""
     if ms is None:
         return None
-    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    s, frac = divmod(ms, 1000)
     if millis:
-        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
-    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return f"{_second(s)}.{frac:03d}Z"
+    return _second(s) + "Z"
 
 
 def parse_rfc3339(value: str) -> int:
