@@ -73,6 +73,9 @@ def _normalize_device(d: dict[str, Any]) -> dict[str, Any]:
         "app_version": d.get("app_version"), "state": _first(d, "state", "status"),
         "operator": d.get("operator"), "port": d.get("port"),
         "reason": _first(d, "reason", "error", "last_error"),
+        # Modems: what their edit form shows (``source: config`` ones are edited in config.toml).
+        "source": d.get("source"), "number": d.get("number"), "caps": d.get("caps") or {},
+        "status_reports": d.get("status_reports", True),
     }
 
 
