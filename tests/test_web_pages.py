@@ -262,6 +262,64 @@ def test_modems_are_added_and_probed_from_the_devices_page(server, s, tmp_path):
         sim.stop()
 
 
+def test_modems_are_edited_and_run_ussd_from_the_devices_page(server, s):
+    from relaybox.channels.modem.simulator import ModemSimulator
+
+    sim = ModemSimulator(name="webedit").start()
+    api = server.api()
+    try:
+        r = api.post("/modems", json={"name": "web2", "port": sim.path, "number": "+923009998866"})
+        assert r.status_code == 201, r.text
+        wait(lambda: api.get("/modems/modem_web2").json()["data"]["online"], 20)
+        page = s.get(server.url + "/admin/devices").text
+        assert 'action="/admin/modems/modem_web2/edit"' in page and 'value="+923009998866"' in page
+        assert 'action="/admin/modems/modem_web2/ussd"' in page
+        # Label, number and caps apply in place (the driver is not restarted: still online at once).
+        form = {"label": "Jazz SIM", "number": "+923007776655", "port": sim.path, "pin": "",
+                "per_minute": "5", "per_hour": "", "per_day": "300",
+                "enabled": ["1", "0"], "status_reports": ["1", "0"]}
+        r = post_form(s, server, "/admin/devices", "/admin/modems/modem_web2/edit", form)
+        assert "Saved." in r.text, r.text[-3000:]
+        m = api.get("/modems/modem_web2").json()["data"]
+        assert (m["label"], m["number"], m["enabled"], m["status_reports"], m["online"]) == \
+            ("Jazz SIM", "+923007776655", True, True, True)
+        assert m["caps"] == {"per_minute": 5, "per_hour": None, "per_day": 300}
+        page = s.get(server.url + "/admin/devices").text
+        assert 'value="Jazz SIM"' in page and 'name="per_day" min="1" value="300"' in page
+        # An unticked box is sent as false; a bad value is named by the API, not a 500.
+        r = post_form(s, server, "/admin/devices", "/admin/modems/modem_web2/edit", {"enabled": "0"})
+        assert "Saved." in r.text and api.get("/modems/modem_web2").json()["data"]["enabled"] is False
+        r = post_form(s, server, "/admin/devices", "/admin/modems/modem_web2/edit",
+                      {"number": "12ab", "per_hour": "many"})
+        assert r.status_code == 200 and "INVALID_REQUEST: number:" in r.text
+        api.patch("/modems/modem_web2", json={"enabled": True})
+        # USSD: the network's reply shows on the page, escaped.
+        sim.set_ussd("*123#", "Balance: <b>10.50</b> PKR")
+        r = post_form(s, server, "/admin/devices", "/admin/modems/modem_web2/ussd", {"code": "*123#"})
+        assert "USSD \u2068*123#\u2069: \u2068Balance: &lt;b&gt;10.50&lt;/b&gt; PKR\u2069" in r.text, r.text[-3000:]
+        assert "<b>10.50</b>" not in r.text
+        r = post_form(s, server, "/admin/devices", "/admin/modems/modem_web2/ussd", {"code": "*999#"})
+        assert "the network sent no text (status 4)" in r.text
+        r = post_form(s, server, "/admin/devices", "/admin/modems/modem_web2/ussd", {"code": "*123#; AT+CFUN=0"})
+        assert r.status_code == 200 and "INVALID_REQUEST: code:" in r.text
+        r = post_form(s, server, "/admin/devices", "/admin/modems/modem_nope/ussd", {"code": "*123#"})
+        assert r.status_code == 200 and "NOT_FOUND" in r.text
+    finally:
+        api.delete("/modems/modem_web2")
+        sim.stop()
+
+
+def test_a_config_toml_modem_is_not_edited_from_the_page(server_factory, tmp_path):
+    srv = server_factory(config_text=f'[[modem]]\nname = "cfg"\nport = "{tmp_path / "no-such-port"}"\n')
+    s = admin(srv)
+    page = s.get(srv.url + "/admin/devices").text
+    assert 'data-modem-id="modem_cfg"' in page and "defined in config.toml" in page
+    assert "/admin/modems/modem_cfg/edit" not in page
+    r = post_form(s, srv, "/admin/devices", "/admin/modems/modem_cfg/edit", {"label": "renamed"})
+    assert r.status_code == 200 and "CONFLICT" in r.text
+    assert srv.api().get("/modems/modem_cfg").json()["data"]["label"] is None
+
+
 @pytest.mark.parametrize("lang,word", [("en", "Dashboard"), ("ur", "ڈیش بورڈ"), ("ne", "ड्यासबोर्ड"),
                                        ("bn", "ড্যাশবোর্ড")])
 def test_every_page_renders_in_every_language(server, s, lang, word):

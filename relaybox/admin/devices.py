@@ -1,4 +1,5 @@
-"""Devices: pair the Android Relay (QR code, API URL, numeric code, checklist) and add modems.
+"""Devices: pair the Android Relay (QR code, API URL, numeric code, checklist); add, edit and
+remove modems and run USSD codes on them.
 
 Pairing goes through ``POST /api/v1/devices/pairing`` (the Android area); the new phone shows up
 in the device list by itself (the list refreshes). Modems go through ``/api/v1/modems``.
@@ -160,6 +161,52 @@ def modem_action(modem_id: str, action: str) -> Any:
         return redirect(url_for("admin.devices"))
     _report(ans, _("Done."))
     return redirect(url_for("admin.devices"))
+
+
+@bp.route("/modems/<modem_id>/edit", methods=["POST"])
+def modem_edit(modem_id: str) -> Any:
+    """PATCH only what differs from the modem as the API shows it now: a new port, PIN or delivery
+    report setting restarts its driver, so an unchanged one must not be sent. Empty text leaves a
+    value as it is; checkboxes always come (a hidden 0 after each)."""
+    account = current_account()
+    cur = call("GET", f"/modems/{modem_id}", account)
+    if not cur.ok:
+        _report(cur, "")
+        return redirect(url_for("admin.devices") + "#modems")
+    now = {**cur.data, **(cur.data.get("caps") or {})}
+    body: dict[str, Any] = {}
+    for k in ("label", "number", "port", "pin", "per_minute", "per_hour", "per_day"):
+        v: Any = request.form.get(k, "").strip()
+        if k.startswith("per_") and v.isdigit():
+            v = int(v)  # anything else goes as typed and the API names the field
+        if v != "" and v != now.get(k):
+            body[k] = v
+    for k in ("enabled", "status_reports"):
+        if k in request.form and (request.form[k] == "1") != now.get(k):
+            body[k] = request.form[k] == "1"
+    ans = call("PATCH", f"/modems/{modem_id}", account, json=body)
+    _report(ans, _("Saved."))
+    return redirect(url_for("admin.devices") + "#modems")
+
+
+@bp.route("/modems/<modem_id>/ussd", methods=["POST"])
+def modem_ussd(modem_id: str) -> Any:
+    """Run a USSD code (balance check); the network's reply is shown as text (it is untrusted,
+    and the page escapes it like any flash). Code and reply are bidi-isolated (U+2068..U+2069) so
+    "*123#" and an English reply stay in order inside an Urdu sentence."""
+    account = current_account()
+    code = request.form.get("code", "").strip()
+    ans = call("POST", f"/modems/{modem_id}/ussd", account, json={"code": code})
+    if ans.ok:
+        reply, shown = ans.data.get("reply"), f"\u2068{code}\u2069"
+        if reply:
+            flash(_("USSD %(code)s: %(reply)s", code=shown, reply=f"\u2068{reply}\u2069"), "ok")
+        else:
+            flash(_("USSD %(code)s: the network sent no text (status %(status)s).", code=shown,
+                    status=ans.data.get("status")), "error")
+    else:
+        _report(ans, "")
+    return redirect(url_for("admin.devices") + "#modems")
 
 
 def _report(ans: Any, ok_text: str) -> None:
