@@ -143,15 +143,15 @@ def accept(items: Iterable[NewMessage], now: int | None = None) -> tuple[list[Me
     evs: list[dict[str, Any]] = []
     for it in items:
         status = "scheduled" if it.send_at and it.send_at > now else "queued"
-        fields = dict(
-            id=it.id, account=it.account_id, client_reference_id=it.client_reference_id or it.id,
-            direction="outbound", to_number=it.to, from_number=it.from_number, body=it.body,
-            status=status, segments=it.segments, encoding=it.encoding, metadata=it.metadata,
-            status_callback=it.status_callback, batch=it.batch_id, batch_index=it.batch_index,
-            device_hint=it.device_hint, channel_id=it.channel_id, priority=it.priority,
-            send_at=it.send_at, expires_at=it.expires_at, attempts=0, sequence=2, report_expected=True,
-            created_at=now, queued_at=now if status == "queued" else None, updated_at=now,
-        )
+        fields = {
+            "id": it.id, "account": it.account_id, "client_reference_id": it.client_reference_id or it.id,
+            "direction": "outbound", "to_number": it.to, "from_number": it.from_number, "body": it.body,
+            "status": status, "segments": it.segments, "encoding": it.encoding, "metadata": it.metadata,
+            "status_callback": it.status_callback, "batch": it.batch_id, "batch_index": it.batch_index,
+            "device_hint": it.device_hint, "channel_id": it.channel_id, "priority": it.priority,
+            "send_at": it.send_at, "expires_at": it.expires_at, "attempts": 0, "sequence": 2, "report_expected": True,
+            "created_at": now, "queued_at": now if status == "queued" else None, "updated_at": now,
+        }
         msg_rows.append(fields)
         m = Message(**fields)
         rows.append(m)

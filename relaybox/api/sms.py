@@ -342,9 +342,10 @@ def send_list(body: ListBody):
         raise invalid("numbers", "at most 10,000 numbers, the tagged contacts included")
 
     for i, raw in enumerate(numbers):
+        if not isinstance(raw, str):
+            rejected.append({"index": i, "to": raw, "reason": "must be a string"})
+            continue
         try:
-            if not isinstance(raw, str):
-                raise ValueError("must be a string")
             to = normalize_e164(raw.strip())
             for check in rt.message_checks:
                 check(account, to, None)
