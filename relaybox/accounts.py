@@ -5,7 +5,7 @@ import hmac
 
 from relaybox.db import db, write_tx
 from relaybox.ids import new_id
-from relaybox.models import Account, ApiKey
+from relaybox.models import QUEUE_PAUSED, Account, ApiKey
 from relaybox.security import digest, mask, new_api_key
 from relaybox.timeutil import now_ms
 
@@ -39,9 +39,6 @@ def regenerate_key(account: Account) -> str:
 _key_sql: str | None = None
 
 
-PAUSE_SETTING = "queue_paused"
-
-
 def _account_by_key_sql() -> str:
     """One joined SELECT, built once: every API request runs it, and building it with the
     query builder each time cost more than running it. It also reads the instance-wide pause
@@ -64,7 +61,7 @@ def account_for_key(key: str) -> Account | None:
     if not key or len(key) > 200:
         return None
     h = digest(key, KEY_PURPOSE)
-    row = db.execute_sql(_account_by_key_sql(), (PAUSE_SETTING, h)).fetchone()
+    row = db.execute_sql(_account_by_key_sql(), (QUEUE_PAUSED, h)).fetchone()
     if row is None or not hmac.compare_digest(row[0], h):
         return None
     fields = Account._meta.sorted_fields

@@ -139,6 +139,10 @@ class IdempotencyRecord(BaseModel):
         indexes = ((("account", "key"), True),)
 
 
+#: The ``Setting`` key of the admin's instance-wide queue pause.
+QUEUE_PAUSED = "queue_paused"
+
+
 class Setting(BaseModel):
     """Instance-wide flags that every process sharing the database must see (e.g. the admin's
     queue pause), as JSON values by key."""

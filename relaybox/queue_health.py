@@ -20,10 +20,10 @@ from relaybox.api.common import SECURITY, current_account
 from relaybox.db import write_tx
 from relaybox.errors import envelope
 from relaybox.limits import channel_cap
-from relaybox.models import Account, Message, MessageEvent, Setting
+from relaybox.models import QUEUE_PAUSED, Account, Message, MessageEvent, Setting
 from relaybox.timeutil import iso, now_ms
 
-PAUSE_KEY = "queue_paused"
+PAUSE_KEY = QUEUE_PAUSED
 WAITING = ("accepted", "scheduled", "queued", "dispatched")
 
 

@@ -20,7 +20,7 @@ from relaybox.channels.base import Channel
 from relaybox.channels.router import Router
 from relaybox.config import Config
 from relaybox.db import create_tables, open_database
-from relaybox.models import IdempotencyRecord
+from relaybox.models import QUEUE_PAUSED, IdempotencyRecord
 from relaybox.queue import QueueRunner, make_huey
 from relaybox.security import load_or_create_secret, set_instance_secret
 from relaybox.timeutil import now_ms
@@ -121,7 +121,7 @@ class Runtime:
 
             # Asked on every send: a plain statement, not the query builder.
             row = db.execute_sql(f'SELECT "value" FROM "setting" WHERE "key" = {db.obj.param}',
-                                 ("queue_paused",)).fetchone()
+                                 (QUEUE_PAUSED,)).fetchone()
             setting = None if row is None else row[0]
         paused = setting is not None and bool(json.loads(setting))
         return paused or os.path.exists(os.path.join(self.config.data_dir, "paused"))
