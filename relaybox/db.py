@@ -231,7 +231,8 @@ def create_tables() -> None:
     if is_sqlite():
         with db.atomic():
             db.create_tables(all_models(), safe=True)
-            _drop_retired_indexes()
+            _drop_retired_indexes({r[0] for r in db.execute_sql(
+                "SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()})
         return
     with db.atomic():
         # Two processes starting at once on one PostgreSQL would race on CREATE TABLE IF NOT
@@ -249,13 +250,11 @@ def create_tables() -> None:
             for index in model._meta.fields_to_index():
                 if index._name not in indexes:
                     db.execute(model._schema._create_index(index, safe=True))
-        # Only what exists is dropped (DROP INDEX locks its table, like CREATE INDEX above).
-        for name in set(RETIRED_INDEXES) & indexes:
-            db.execute_sql(f'DROP INDEX IF EXISTS "{name}"')
+        _drop_retired_indexes(indexes)
 
 
-def _drop_retired_indexes() -> None:
-    """SQLite: drop the :data:`RETIRED_INDEXES` a data dir from an earlier version still has."""
-    have = {r[0] for r in db.execute_sql("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()}
+def _drop_retired_indexes(have: set[str]) -> None:
+    """Drop the :data:`RETIRED_INDEXES` among ``have`` (the database's index names): only what
+    exists, since on PostgreSQL DROP INDEX locks its table like CREATE INDEX above."""
     for name in set(RETIRED_INDEXES) & have:
         db.execute_sql(f'DROP INDEX IF EXISTS "{name}"')
