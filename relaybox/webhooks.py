@@ -673,15 +673,11 @@ class WebhookService:
         rows: list[tuple[Any, ...]] = []
         for event_id, account_id, type_, message_id, raw in evs:
             account_id = account_id or owner
-            if account_id is None or not self._may_go(type_, message_id, conf.get(account_id), callbacks,
-                                                      numbers, account_id):
-                continue
-            payload = json.loads(raw)
-            target = self._target(type_, payload, message_id, conf.get(account_id), callbacks, numbers,
-                                  account_id)
+            target = None if account_id is None else \
+                self._target(type_, raw, message_id, conf.get(account_id), callbacks, numbers, account_id)
             if target is None:
                 continue
-            url, source = target
+            url, source, payload = target
             if not isinstance(payload, dict):
                 payload = {"data": payload}
             if "event" not in payload:
@@ -699,17 +695,6 @@ class WebhookService:
         return len(rows), len(evs)
 
     @staticmethod
-    def _may_go(type_: str, message_id: str | None, s: WebhookSettings | None, callbacks: dict[str, str],
-                numbers: dict[tuple[str, str], str | None], account_id: str) -> bool:
-        """Could :meth:`_target` find a URL for this event? (Answered without its payload.)"""
-        if type_ in STATUS_EVENTS:
-            return bool(callbacks.get(message_id or "") or (s is not None and s.status_url))
-        if type_ in INBOUND_EVENTS:
-            return bool((s is not None and s.inbound_url)
-                        or any(cb for (acc, _), cb in numbers.items() if acc == account_id))
-        return False
-
-    @staticmethod
     def _mark_events(ids: list[str], now: int) -> None:
         with write_tx():
             for i in range(0, len(ids), 500):
@@ -717,23 +702,31 @@ class WebhookService:
                                                      & Event.webhooked_at.is_null()).execute()
 
     @staticmethod
-    def _target(type_: str, payload: Any, message_id: str | None, s: WebhookSettings | None,
+    def _target(type_: str, raw: str, message_id: str | None, s: WebhookSettings | None,
                 callbacks: dict[str, str], numbers: dict[tuple[str, str], str | None],
-                account_id: str) -> tuple[str, str] | None:
+                account_id: str) -> tuple[str, str, Any] | None:
+        """``(url, source, payload)`` for an event that has somewhere to go, else None. The
+        payload (JSON text) is decoded only once a URL is possible for the event's type."""
         if type_ in STATUS_EVENTS:
+            cb = callbacks.get(message_id or "")
+            url, source = (cb, "status_callback") if cb else (s.status_url if s else None, "status_url")
+            if not url:
+                return None
+            payload = json.loads(raw)
             if type_ == "message.status" and isinstance(payload, dict) \
                     and payload.get("status") in NOT_SENT_STATUSES:
                 return None
-            cb = callbacks.get(message_id or "")
-            if cb:
-                return cb, "status_callback"
-            return (s.status_url, "status_url") if s is not None and s.status_url else None
+            return url, source, payload
         if type_ in INBOUND_EVENTS:
+            if not ((s is not None and s.inbound_url)
+                    or any(cb for (acc, _), cb in numbers.items() if acc == account_id)):
+                return None
+            payload = json.loads(raw)
             to = payload.get("to") if isinstance(payload, dict) else None
             cb = numbers.get((account_id, to or ""))
             if cb:
-                return cb, "inbound_callback"
-            return (s.inbound_url, "inbound_url") if s is not None and s.inbound_url else None
+                return cb, "inbound_callback", payload
+            return (s.inbound_url, "inbound_url", payload) if s is not None and s.inbound_url else None
         return None
 
     # -- leasing and attempts --------------------------------------------------------------
