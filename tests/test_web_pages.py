@@ -286,6 +286,13 @@ def test_modems_are_edited_and_run_ussd_from_the_devices_page(server, s):
         assert m["caps"] == {"per_minute": 5, "per_hour": None, "per_day": 300}
         page = s.get(server.url + "/admin/devices").text
         assert 'value="Jazz SIM"' in page and 'name="per_day" min="1" value="300"' in page
+        # Emptied fields are removed (label, number, a cap); an empty port or PIN changes nothing.
+        form = {**form, "label": "", "number": "", "port": "", "per_minute": "", "per_day": "300"}
+        r = post_form(s, server, "/admin/devices", "/admin/modems/modem_web2/edit", form)
+        assert "Saved." in r.text, r.text[-3000:]
+        m = api.get("/modems/modem_web2").json()["data"]
+        assert (m["label"], m["number"], m["port"], m["online"]) == (None, None, sim.path, True)
+        assert m["caps"] == {"per_minute": None, "per_hour": None, "per_day": 300}
         # An unticked box is sent as false; a bad value is named by the API, not a 500.
         r = post_form(s, server, "/admin/devices", "/admin/modems/modem_web2/edit", {"enabled": "0"})
         assert "Saved." in r.text and api.get("/modems/modem_web2").json()["data"]["enabled"] is False

@@ -163,11 +163,16 @@ def modem_action(modem_id: str, action: str) -> Any:
     return redirect(url_for("admin.devices"))
 
 
+_CLEARABLE = ("label", "number", "per_minute", "per_hour", "per_day")
+
+
 @bp.route("/modems/<modem_id>/edit", methods=["POST"])
 def modem_edit(modem_id: str) -> Any:
     """PATCH only what differs from the modem as the API shows it now: a new port, PIN or delivery
-    report setting restarts its driver, so an unchanged one must not be sent. Empty text leaves a
-    value as it is; checkboxes always come (a hidden 0 after each)."""
+    report setting restarts its driver, so an unchanged one must not be sent. The form shows the
+    current values, so a label, number or cap emptied by the admin is removed (sent as null); an
+    empty port or PIN leaves it as it is (a modem needs a port; the PIN is never shown). A field
+    the form does not carry is left alone; checkboxes always come (a hidden 0 after each)."""
     account = current_account()
     cur = call("GET", f"/modems/{modem_id}", account)
     if not cur.ok:
@@ -176,10 +181,16 @@ def modem_edit(modem_id: str) -> Any:
     now = {**cur.data, **(cur.data.get("caps") or {})}
     body: dict[str, Any] = {}
     for k in ("label", "number", "port", "pin", "per_minute", "per_hour", "per_day"):
-        v: Any = request.form.get(k, "").strip()
+        if k not in request.form:
+            continue
+        v: Any = request.form[k].strip()
+        if v == "":
+            if k in _CLEARABLE and now.get(k) not in (None, ""):
+                body[k] = None
+            continue
         if k.startswith("per_") and v.isdigit():
             v = int(v)  # anything else goes as typed and the API names the field
-        if v != "" and v != now.get(k):
+        if v != now.get(k):
             body[k] = v
     for k in ("enabled", "status_reports"):
         if k in request.form and (request.form[k] == "1") != now.get(k):
