@@ -305,12 +305,12 @@ def test_ttl_expiry_moves_a_waiting_message_to_expired(server_factory):
 
 def test_scheduled_message_waits_until_send_at(sandbox):
     api = sandbox.api()
-    at = (datetime.now(timezone.utc) + timedelta(seconds=2)).isoformat()
+    at = (datetime.now(timezone.utc) + timedelta(seconds=4)).isoformat()
     r = api.post("/sms/send", json={"to": PK, "body": "later", "send_at": at})
     d = r.json()["data"]
     assert r.status_code == 202 and d["status"] == "scheduled"
     assert status_of(api, d["id"]) == "scheduled"
-    wait_for(lambda: status_of(api, d["id"]) == "delivered", timeout=10)
+    wait_for(lambda: status_of(api, d["id"]) == "delivered", timeout=20)
 
 
 def test_init_is_idempotent_and_config_errors_exit_2(tmp_path):

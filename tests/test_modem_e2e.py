@@ -327,17 +327,19 @@ def test_hung_then_unplugged_modem_claims_nothing_keeps_the_api_responsive_and_r
 
 def test_retryable_error_fails_over_to_another_modem_and_is_sent_exactly_once(sims, serve):
     sim_a, sim_b = sims(), sims()
-    srv = serve(modem_table("a", sim_a, NUM_A, send_retries=2, retry_backoff=1.0), ready=("a",))
+    # retry_backoff 3 s: modem a keeps the message ~9 s (3 s, then 6 s), long enough for modem b
+    # to start on a loaded machine.
+    srv = serve(modem_table("a", sim_a, NUM_A, send_retries=2, retry_backoff=3.0), ready=("a",))
     sim_a.fail_sends("+CMS ERROR: 512", count=20)  # the network refuses everything from modem a
     mid = send(srv, TO, "fail over to modem b")
     wait_for(lambda: message(srv, mid)["status"] == "dispatched", 5, 0.02, "dispatched on modem a")
     assert message(srv, mid)["device_id"] == "modem_a"
-    # A second modem appears while modem a is still retrying (1 s, then 2 s).
+    # A second modem appears while modem a is still retrying.
     r = srv.api().post("/modems", json={"name": "b", "port": sim_b.path, "number": NUM_B})
     assert r.status_code == 201, r.text
     wait_modem(srv, "b", lambda m: m["online"], what="modem b ready")
     assert message(srv, mid)["status"] == "dispatched"  # still modem a's
-    m = wait_status(srv, mid, "delivered", timeout=20)
+    m = wait_status(srv, mid, "delivered", timeout=40)
     assert m["device_id"] == "modem_b" and m["attempts"] == 2
     assert sim_a.sent == [] and len(sim_b.sent) == 1
     rows = timeline(srv, mid)

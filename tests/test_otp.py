@@ -61,8 +61,9 @@ def clock(tmp_path: Path) -> Clock:
 
 @pytest.fixture
 def srv(server_factory, clock) -> RelayboxServer:
-    """Sandbox on; its radio waits 1.5 s before "sent", so the handset can read the text first."""
-    return server_factory(sandbox=True, sandbox_delay_ms=1500, test_clock_file=clock.path)
+    """Sandbox on; its radio waits 10 s before "sent", so the handset can read the text first (the
+    text is wiped once sent; none of these tests waits for delivery)."""
+    return server_factory(sandbox=True, sandbox_delay_ms=10000, test_clock_file=clock.path)
 
 
 @pytest.fixture
@@ -197,7 +198,7 @@ class Receiver:
 
 
 def test_otp_verified_webhook_is_signed_and_never_carries_the_code(server_factory):
-    s = server_factory(sandbox=True, sandbox_delay_ms=1500, webhook_retry_schedule="[0, 0.3]")
+    s = server_factory(sandbox=True, sandbox_delay_ms=4000, webhook_retry_schedule="[0, 0.3]")
     rcv = Receiver()
     try:
         api = s.api()
@@ -217,7 +218,7 @@ def test_otp_verified_webhook_is_signed_and_never_carries_the_code(server_factor
             "event": "otp.verified", "otp_id": d["otp_id"], "to": PK, "purpose": "login",
             "verified_at": v["verified_at"][:19] + "Z"}
         wait_for(lambda: any(json.loads(r["body"]).get("status") == "delivered" for r in list(rcv.requests)),
-                 message="the OTP message's delivered webhook")
+                 30, message="the OTP message's delivered webhook")
         assert all(code.encode() not in r["body"] for r in rcv.requests)
     finally:
         rcv.stop()
@@ -324,7 +325,7 @@ def test_concurrent_wrong_codes_never_use_more_than_the_attempts(srv):
 
 
 def test_max_attempts_is_configurable(server_factory):
-    s = server_factory(sandbox=True, sandbox_delay_ms=1500, otp_max_attempts=2)
+    s = server_factory(sandbox=True, sandbox_delay_ms=10000, otp_max_attempts=2)
     api = s.api()
     d = send(api).json()["data"]
     code, _ = sent_code(s, d)
@@ -386,7 +387,7 @@ def test_failures_add_up_across_resends_and_lock_the_pair_out_for_a_growing_dela
     assert v["retry_after_seconds"] == 120
     r = send(api)
     error(r, 429, "RATE_LIMITED")
-    assert int(r.headers["Retry-After"]) == 120
+    assert 115 <= int(r.headers["Retry-After"]) <= 120  # real time passes between the two requests
     clock.advance(121)
     assert verify(api, otp_id=c["otp_id"], code=code_c)["result"] == "success"
     assert db_rows(srv, "SELECT COUNT(*) FROM otp_guard") == [(0,)]  # success forgets the failures
@@ -398,7 +399,7 @@ def test_send_limits_per_number_and_purpose_with_retry_after_survive_a_restart(s
     assert send(api).status_code == 202
     r = send(api)
     err = error(r, 429, "RATE_LIMITED")
-    assert 28 <= int(r.headers["Retry-After"]) <= 30 and err["retry_after_seconds"] == int(r.headers["Retry-After"])
+    assert 20 <= int(r.headers["Retry-After"]) <= 30 and err["retry_after_seconds"] == int(r.headers["Retry-After"])
     assert err["policy"] == "otp-resend"
     assert '"otp-resend";q=1;w=30' in r.headers["RateLimit-Policy"]
     assert re.search(r'(^|, )"otp-resend";r=0;t=\d+(,|$)', r.headers["RateLimit"])
@@ -412,7 +413,7 @@ def test_send_limits_per_number_and_purpose_with_retry_after_survive_a_restart(s
     err = error(r, 429, "RATE_LIMITED")
     assert err["policy"] == "otp-number"
     wait = int(r.headers["Retry-After"])
-    assert 900 - 5 * 31 - 2 <= wait <= 900 - 5 * 31 + 1
+    assert 900 - 5 * 31 - 30 <= wait <= 900 - 5 * 31 + 1  # minus the real seconds the test took
 
     srv.stop()  # the counters are rows in the database, not memory
     srv.start()
@@ -561,7 +562,7 @@ def test_another_accounts_otp_is_not_found(srv):
 
 # -- the code never leaks ---------------------------------------------------------------------------
 def test_the_code_is_in_no_log_line_no_api_answer_and_no_database_column(server_factory):
-    s = server_factory(sandbox=True, sandbox_delay_ms=1500, log_level="DEBUG")
+    s = server_factory(sandbox=True, sandbox_delay_ms=4000, log_level="DEBUG")
     api = s.api()
     answers: list[str] = []
 
@@ -576,7 +577,7 @@ def test_the_code_is_in_no_log_line_no_api_answer_and_no_database_column(server_
     keep(api.get(f"/otp/{d['otp_id']}"))
     keep(api.post("/otp/verify", json={"otp_id": d["otp_id"], "code": code}))
     wait_for(lambda: keep(api.get(f"/sms/{d['message_id']}")).json()["data"]["status"] == "delivered",
-             message="OTP message delivered")
+             30, 0.2, message="OTP message delivered")
     keep(api.get(f"/messages/{d['message_id']}/log"))
     keep(api.get("/messages"))
     keep(api.get(f"/otp/{d['otp_id']}"))
