@@ -113,7 +113,8 @@ def check_database(config: Config) -> list[Check]:
         if quick != "ok":
             return [Check("database", FAIL, f"{shown}: quick_check says {quick}",
                           "restore the latest backup (`relaybox restore FILE`)")]
-        detail += f", journal_mode={mode}"
+        cache_kb = -db.execute_sql("PRAGMA cache_size").fetchone()[0]
+        detail += f", journal_mode={mode}, page cache {cache_kb // 1000} MB a connection"
     out.append(Check("database", OK, detail))
     if owner_account() is None:
         out.append(Check("owner", WARN, "no owner account yet", "run `relaybox init` to create it and its API key"))

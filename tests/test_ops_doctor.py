@@ -38,6 +38,8 @@ def test_doctor_passes_on_a_fresh_install(data_dir):
     res = _run("doctor", "--data-dir", str(data_dir))
     assert res.returncode == 0, res.stdout
     assert "[ok  ] database:" in res.stdout and "journal_mode=wal" in res.stdout
+    # The page cache is bounded per connection (one per thread).
+    assert "page cache 4 MB a connection" in res.stdout, res.stdout
     for name in ("config", "data_dir", "secret", "database", "queue", "serial", "clock"):
         assert f"] {name}:" in res.stdout
 
