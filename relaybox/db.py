@@ -19,7 +19,7 @@ db = peewee.DatabaseProxy()
 # Every thread has its own connection (24 waitress threads by default, plus the queue's), and
 # SQLite's page cache is per connection: 4 MB each bounds the worst case at ~120 MB on a 1 GB Pi
 # (16 MB each could reach ~450 MB). The kernel's page cache still holds the file once for all of
-# them, so a large database pages in fast (bench/growth.py, 1,000,000 messages: p99 <= 8.4 ms).
+# them, so a large database pages in fast (bench/growth.py, 1,000,000 messages: p99 <= 7 ms).
 # No mmap: its pages would count in the process's resident size (idle RSS +1 MB measured).
 SQLITE_PRAGMAS = {
     "journal_mode": "wal",
